@@ -1,0 +1,1 @@
+"""meshsec agent: IKEv2 and user-space ESP on one host, driven by the controller's desired state."""
