@@ -6,21 +6,10 @@ and the IKE engine (agent/ike/) build on the names re-exported here.
 """
 
 from meshsec.agent.esp.errors import DropReason, EspDrop
+from meshsec.agent.esp.lifetime import ExpiryCause, HardExpired, Lifetime, LifetimeEvent, SoftExpired
 from meshsec.agent.esp.mtu import esp_overhead, max_inner_packet, mss_for, tunnel_mtu
 from meshsec.agent.esp.replay import ReplayWindow
-from meshsec.agent.esp.sa import (
-    Counters,
-    ExpiryCause,
-    HardExpired,
-    InboundSa,
-    Lifetime,
-    LifetimeEvent,
-    Mode,
-    OutboundSa,
-    SaParams,
-    SoftExpired,
-    TransportAddresses,
-)
+from meshsec.agent.esp.sa import Counters, InboundSa, Mode, OutboundSa, SaParams
 from meshsec.agent.esp.sad import Sad
 from meshsec.agent.esp.spd import Spd, TrafficSelector
 from meshsec.agent.esp.transforms import (
@@ -34,6 +23,7 @@ from meshsec.agent.esp.transforms import (
     parse_esp_proposals,
     transform_spec,
 )
+from meshsec.agent.esp.transport import TransportAddresses
 
 __all__ = [
     "Counters",

@@ -84,7 +84,9 @@ def transform_spec(encr_id: int, key_bits: int, integ_id: int = IntegId.NONE) ->
         if integ is not IntegId.NONE:
             raise TransformError(f"{encr.name} is combined-mode; integrity transform must be none")
         kind = "gcm16" if encr is EncrId.ENCR_AES_GCM_16 else "gmac"
-        return TransformSpec(f"aes{key_bits}{kind}", encr, key_bits, integ, key_bits // 8 + 4, 4, 0, 8, 16, 4, True)
+        return TransformSpec(
+            f"aes{key_bits}{kind}", encr, key_bits, integ, key_bits // 8 + 4, 4, 0, 8, 16, 4, True
+        )
     if encr is EncrId.ENCR_CHACHA20_POLY1305:
         if key_bits not in (0, 256):
             raise TransformError(f"ENCR_CHACHA20_POLY1305 has a fixed 256-bit key, not {key_bits}")
@@ -96,7 +98,9 @@ def transform_spec(encr_id: int, key_bits: int, integ_id: int = IntegId.NONE) ->
         raise TransformError(f"ENCR_AES_CBC: key length {key_bits} bits not one of {_AES_BITS}")
     if integ is IntegId.NONE:
         raise TransformError("ENCR_AES_CBC needs an integrity transform (AUTH_HMAC_SHA2_256_128)")
-    return TransformSpec(f"aes{key_bits}-sha256", encr, key_bits, integ, key_bits // 8, 0, 32, 16, 16, 16, False)
+    return TransformSpec(
+        f"aes{key_bits}-sha256", encr, key_bits, integ, key_bits // 8, 0, 32, 16, 16, 16, False
+    )
 
 
 def keymat_length(encr_id: int, key_bits: int, integ_id: int = IntegId.NONE) -> int:
@@ -118,7 +122,12 @@ class EspProposal:
         return transform_spec(self.encr_id, self.key_bits, self.integ_id)
 
     def __str__(self) -> str:
-        suffix = {(True,): "-esn", (False,): "-noesn", (True, False): "-esn-noesn", (False, True): "-noesn-esn"}
+        suffix = {
+            (True,): "-esn",
+            (False,): "-noesn",
+            (True, False): "-esn-noesn",
+            (False, True): "-noesn-esn",
+        }
         return self.spec.name + suffix[self.esn]
 
 
@@ -154,10 +163,14 @@ def parse_esp_proposal(text: str) -> EspProposal:
     rest = tokens[1:]
     if encr is EncrId.ENCR_AES_CBC:
         if len(rest) != 1 or rest[0] not in _INTEG_NAMES:
-            raise TransformError(f"ESP proposal {text!r}: AES-CBC needs exactly one integrity algorithm (sha256)")
+            raise TransformError(
+                f"ESP proposal {text!r}: AES-CBC needs exactly one integrity algorithm (sha256)"
+            )
         integ = _INTEG_NAMES[rest[0]]
     elif rest:
-        raise TransformError(f"ESP proposal {text!r}: combined-mode cipher takes no integrity algorithm {rest}")
+        raise TransformError(
+            f"ESP proposal {text!r}: combined-mode cipher takes no integrity algorithm {rest}"
+        )
     return EspProposal(encr, bits, integ, tuple(esn) if esn else (True, False))
 
 

@@ -25,6 +25,7 @@ FIB_RULE_INVERT = 0x2
 DEFAULT_TABLE = 0x6D73  # "ms"
 DEFAULT_MARK = 0x6D73
 DEFAULT_RULE_PRIORITY = 5300
+DEFAULT_TXQUEUELEN = 4096
 
 
 class NetcfgError(OSError):
@@ -65,9 +66,18 @@ class NetConfig:
         except NetlinkError as exc:
             raise NetcfgError(exc.code, f"{what}: {exc}") from exc
 
-    def set_up(self, mtu: int) -> None:
-        """Set the MTU (computed by the caller from the SA transforms) and bring the link up."""
+    def set_up(self, mtu: int, txqueuelen: int = DEFAULT_TXQUEUELEN) -> None:
+        """Set the MTU (computed by the caller from the SA transforms), the queue length, bring it up.
+
+        The TUN's transmit ring drops (it does not push back) when the data plane falls behind for a
+        moment; with the default 500 slots one TCP flow's burst (up to tcp_limit_output_bytes, ~700
+        packets) overflows it and every drop costs a retransmission and a halved window.
+        """
         self._do(f"set mtu {mtu} on {self.ifname}", lambda: self._ipr.link("set", index=self.index, mtu=mtu))
+        self._do(
+            f"set txqueuelen {txqueuelen} on {self.ifname}",
+            lambda: self._ipr.link("set", index=self.index, txqlen=txqueuelen),
+        )
         self._do(f"set {self.ifname} up", lambda: self._ipr.link("set", index=self.index, state="up"))
 
     def set_mtu(self, mtu: int) -> None:
@@ -88,7 +98,7 @@ class NetConfig:
             lambda: self._ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         )
 
-    def add_route(self, cidr: str, *, mtu: int | None = None) -> None:
+    def add_route(self, cidr: str, *, mtu: int | None = None, src: str | None = None) -> None:
         """Route `cidr` into the TUN in the tunnel table (only non-marked traffic sees it)."""
         net = ipaddress.ip_network(cidr, strict=False)
         spec: dict[str, object] = {
@@ -99,6 +109,8 @@ class NetConfig:
         }
         if mtu:
             spec["metrics"] = {"mtu": mtu}
+        if src:
+            spec["prefsrc"] = src  # transport mode: keep the underlay address as the source
         self._do(
             f"add route {cidr} dev {self.ifname} table {self.table}", lambda: self._ipr.route("add", **spec)
         )
@@ -113,6 +125,23 @@ class NetConfig:
         except NetlinkError as exc:
             if exc.code != errno.ESRCH:
                 raise NetcfgError(exc.code, f"del route {cidr}: {exc}") from exc
+
+    def underlay_mtu(self, dst: str) -> int:
+        """MTU of the path our ESP datagrams to `dst` take (route lookup with our fwmark, so the
+        tunnel table is bypassed): the route's mtu metric if set, else its output device's MTU."""
+        fam = _family(dst)
+        try:
+            (route,) = self._ipr.route("get", dst=dst, family=fam, mark=self.mark)[:1]
+        except (NetlinkError, ValueError) as exc:
+            raise NetcfgError(errno.EHOSTUNREACH, f"no route to peer {dst}: {exc}") from exc
+        metrics = route.get_attr("RTA_METRICS")
+        if metrics is not None:
+            mtu = metrics.get_attr("RTAX_MTU")
+            if mtu:
+                return int(mtu)
+        oif = route.get_attr("RTA_OIF")
+        (link,) = self._ipr.link("get", index=oif)[:1]
+        return int(link.get_attr("IFLA_MTU"))
 
     def add_bypass_rules(self) -> None:
         """Install "not fwmark `mark` lookup `table`" for IPv4 and IPv6."""

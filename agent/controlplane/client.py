@@ -1,0 +1,250 @@
+"""ControlPlaneClient: keep this host's desired state in step with the controller, fail static.
+
+Owns the Sync and Report streams.  Start-up: the cached desired state (if any) is applied at once, so a
+host whose controller is down keeps its tunnels.  Then: connect, Sync resuming from the held version,
+apply each snapshot/delta (persist first, then reconcile), report status; on any failure keep the
+current state, log ONE line (at most every `log_every` seconds while it persists), and reconnect with
+jittered exponential backoff.  A delta that does not start at the held version forces a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+from meshsec.agent.controlplane.cache import DesiredStateCache
+from meshsec.agent.controlplane.enroll import CHANNEL_OPTIONS, AgentIdentity, EnrollError, grpc_target
+from meshsec.agent.controlplane.reconciler import Reconciler
+from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, config_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncEvent:
+    """What the client received or did: "cached", "snapshot", "delta" or "heartbeat"."""
+
+    kind: str
+    version: int
+    from_version: int = 0
+
+
+class DeltaMismatch(Exception):
+    """A delta for a version we do not hold."""
+
+
+def apply_delta(config: config_pb2.NodeConfig, delta: config_pb2.NodeConfigDelta) -> config_pb2.NodeConfig:
+    """Pure: the config after the delta (peers kept sorted by name)."""
+    if delta.from_version != config.version:
+        raise DeltaMismatch(f"delta from {delta.from_version} but we hold {config.version}")
+    out = config_pb2.NodeConfig()
+    out.CopyFrom(config)
+    if delta.HasField("local"):
+        out.local.CopyFrom(delta.local)
+    peers = {p.name: p for p in out.peers}
+    for name in delta.remove_peers:
+        peers.pop(name, None)
+    for p in delta.upsert_peers:
+        peers[p.name] = p
+    del out.peers[:]
+    out.peers.extend(peers[n] for n in sorted(peers))
+    out.version = delta.to_version
+    return out
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        detail = (exc.details() or "").splitlines()[0] if exc.details() else ""
+        return f"{exc.code().name}: {detail}" if detail else exc.code().name
+    if isinstance(exc, TimeoutError):
+        return "no message within the idle timeout"
+    return str(exc) or type(exc).__name__
+
+
+class ControlPlaneClient:
+    def __init__(
+        self,
+        *,
+        address: str,
+        node: str,
+        identity: AgentIdentity,
+        cache: DesiredStateCache,
+        reconciler: Reconciler,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        idle_timeout: float = 20.0,
+        report_interval: float = 10.0,
+        log_every: float = 60.0,
+        renew_check: float = 300.0,
+    ) -> None:
+        self.address = address
+        self.node = node
+        self._identity = identity
+        self._cache = cache
+        self._reconciler = reconciler
+        self._backoff = (backoff_initial, backoff_max)
+        self._idle_timeout = idle_timeout
+        self._report_interval = report_interval
+        self._log_every = log_every
+        self._renew_check = renew_check
+        self.renewals = 0
+        self.config: config_pb2.NodeConfig | None = None
+        self.events: list[SyncEvent] = []
+        self.connected = False
+        self._force_snapshot = False
+        self._report_now = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._last_failure_log = 0.0
+
+    @property
+    def version(self) -> int:
+        return self.config.version if self.config is not None else 0
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until predicate() holds (checked after every event); TimeoutError otherwise."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+
+    async def _event(self, event: SyncEvent) -> None:
+        self.events.append(event)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _install(self, config: config_pb2.NodeConfig) -> None:
+        self._cache.save(config)  # persist before acting: a crash mid-reconcile restarts from here
+        self.config = config
+        await self._reconciler.apply(config)
+        self._report_now.set()
+
+    async def run(self) -> None:
+        cached = self._cache.load()
+        if cached is not None:
+            self.config = cached
+            log.info(
+                "starting from cached desired state version %d (%d peers)", cached.version, len(cached.peers)
+            )
+            await self._reconciler.apply(cached)
+            await self._event(SyncEvent("cached", cached.version))
+        attempt = 0
+        while True:
+            got_data = False
+            try:
+                got_data = await self._session()
+                reason = "stream closed by controller"
+            except DeltaMismatch as exc:
+                self._force_snapshot = True
+                reason = f"{exc}; asking for a snapshot"
+            except (grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+                reason = _reason(exc)
+            was_connected, self.connected = self.connected, False
+            async with self._changed:
+                self._changed.notify_all()
+            if got_data:
+                attempt = 0
+            now = time.monotonic()
+            if was_connected or now - self._last_failure_log >= self._log_every:
+                log.warning(
+                    "controller %s unreachable (%s); keeping desired state version %d, retrying",
+                    self.address,
+                    reason,
+                    self.version,
+                )
+                self._last_failure_log = now
+            low, high = self._backoff
+            await asyncio.sleep(min(high, low * 2**attempt) * random.uniform(0.5, 1.0))
+            attempt = min(attempt + 1, 30)
+
+    async def _session(self) -> bool:
+        """One connection; returns whether anything was received."""
+        got_data = False
+        creds = self._identity.credentials()
+        async with grpc.aio.secure_channel(
+            grpc_target(self.address), creds, options=CHANNEL_OPTIONS
+        ) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            resume = 0 if self._force_snapshot else self.version
+            call = stub.Sync(agent_pb2.SyncRequest(node=self.node, resume_from_version=resume))
+            reporter = asyncio.create_task(self._report(stub), name="report")
+            renewer = asyncio.create_task(self._renew(stub), name="renew")
+            try:
+                while True:
+                    async with asyncio.timeout(self._idle_timeout):
+                        resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        await call  # raises the stream's error status, if any
+                        return got_data
+                    if not got_data:
+                        got_data = True
+                        self.connected = True
+                        log.info("connected to controller %s (resumed from version %d)", self.address, resume)
+                    await self._handle(resp)
+            finally:
+                reporter.cancel()
+                renewer.cancel()
+                call.cancel()
+                for task in (reporter, renewer):
+                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                        await task
+
+    async def _handle(self, resp: agent_pb2.SyncResponse) -> None:
+        kind = resp.WhichOneof("update")
+        if kind == "snapshot":
+            cfg = config_pb2.NodeConfig()
+            cfg.CopyFrom(resp.snapshot)
+            cfg.version = resp.version
+            self._force_snapshot = False
+            log.info("sync: snapshot version %d (%d peers)", cfg.version, len(cfg.peers))
+            await self._install(cfg)
+            await self._event(SyncEvent("snapshot", cfg.version))
+        elif kind == "delta":
+            if self.config is None:
+                raise DeltaMismatch("delta before any snapshot")
+            cfg = apply_delta(self.config, resp.delta)
+            log.info(
+                "sync: delta %d -> %d (+%d -%d peers)",
+                resp.delta.from_version,
+                cfg.version,
+                len(resp.delta.upsert_peers),
+                len(resp.delta.remove_peers),
+            )
+            await self._install(cfg)
+            await self._event(SyncEvent("delta", cfg.version, resp.delta.from_version))
+        elif kind == "heartbeat":
+            if self.config is not None and resp.version > self.config.version:
+                # The controller vouches that nothing changed for us up to resp.version.
+                self.config.version = resp.version
+                self._cache.save(self.config)
+            await self._event(SyncEvent("heartbeat", resp.version))
+
+    async def _renew(self, stub: agent_pb2_grpc.AgentServiceStub) -> None:
+        """Renew the certificate before it expires; the next connection uses the new one."""
+        while True:
+            if self._identity.needs_renewal():
+                try:
+                    await self._identity.renew(stub)
+                    self.renewals += 1
+                    log.info("certificate renewed")
+                except (grpc.aio.AioRpcError, EnrollError) as exc:
+                    log.warning("certificate renewal failed (%s); will retry", _reason(exc))
+            await asyncio.sleep(self._renew_check)
+
+    async def _report(self, stub: agent_pb2_grpc.AgentServiceStub) -> None:
+        async def statuses() -> AsyncIterator[agent_pb2.ReportRequest]:
+            while True:
+                status = self._reconciler.status()
+                status.node = self.node
+                yield agent_pb2.ReportRequest(status=status)
+                self._report_now.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._report_now.wait(), self._report_interval)
+
+        try:
+            await stub.Report(statuses())
+        except grpc.aio.AioRpcError as exc:
+            log.debug("report stream ended: %s", _reason(exc))

@@ -1,0 +1,230 @@
+"""virtio_net_hdr offloads on the TUN: split TCP super-packets read from the TUN (TSO) into
+MTU-sized inner packets, and merge consecutive decrypted TCP segments into one super-packet to write
+(GRO towards the host stack) -- the technique of wireguard-go's tun/offload_linux.go.
+
+Owns the 10-byte virtio_net_hdr format and TCP segmentation/coalescing.  Never encrypts, never does
+I/O.  Input comes from the kernel (reads) or from authenticated peers (writes); anything unexpected
+is reported as `OffloadError` or simply not coalesced.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from meshsec.agent.dataplane.inner import checksum, fold, ones_sum
+
+VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VNET_HDR_LEN = VNET_HDR.size
+F_NEEDS_CSUM = 1
+F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_TCPV6 = 4
+GSO_ECN = 0x80
+PLAIN_HDR = bytes(VNET_HDR_LEN)
+
+_H = struct.Struct("!H")
+_I = struct.Struct("!I")
+_TCP_FIN_PSH = 0x09
+_TCP_CWR = 0x80
+_MAX_SUPER = 65535
+
+
+class OffloadError(ValueError):
+    """A virtio_net_hdr or super-packet the segmenter cannot handle."""
+
+
+def _pseudo(pkt: bytes | bytearray, v: int, proto: int, length: int) -> int:
+    if v == 4:
+        return fold(ones_sum(pkt[12:20]) + proto + length)
+    return fold(ones_sum(pkt[8:40]) + proto + length)
+
+
+def split_read(buf: bytes) -> list[bytes]:
+    """Turn one TUN read (virtio_net_hdr + packet) into ready-to-encrypt inner packets."""
+    if len(buf) < VNET_HDR_LEN + 20:
+        raise OffloadError("short read")
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
+    pkt = buf[VNET_HDR_LEN:]
+    gso = gso_type & ~GSO_ECN
+    if gso == GSO_NONE:
+        if flags & F_NEEDS_CSUM:
+            return [_complete_csum(pkt, csum_start, csum_offset)]
+        return [pkt]
+    if gso in (GSO_TCPV4, GSO_TCPV6):
+        return segment_tcp(pkt, gso_size, csum_start)
+    raise OffloadError(f"unsupported gso_type {gso_type}")
+
+
+def _complete_csum(pkt: bytes, start: int, offset: int) -> bytes:
+    """Finish a CHECKSUM_PARTIAL packet: the field already holds the pseudo-header sum."""
+    pos = start + offset
+    if pos + 2 > len(pkt):
+        raise OffloadError("checksum offset beyond packet")
+    out = bytearray(pkt)
+    c = checksum(memoryview(out)[start:])
+    if c == 0 and out[9 if out[0] >> 4 == 4 else 6] == 17:
+        c = 0xFFFF
+    _H.pack_into(out, pos, c)
+    return bytes(out)
+
+
+def segment_tcp(pkt: bytes, mss: int, ip_len: int) -> list[bytes]:
+    """Cut a TCP super-packet into segments of at most `mss` payload bytes with full checksums."""
+    v = pkt[0] >> 4
+    if v not in (4, 6) or ip_len < 20 or len(pkt) < ip_len + 20 or mss <= 0:
+        raise OffloadError("bad TSO packet")
+    tcp_len = (pkt[ip_len + 12] >> 4) * 4
+    hdr_len = ip_len + tcp_len
+    if tcp_len < 20 or len(pkt) < hdr_len:
+        raise OffloadError("bad TCP header")
+    payload = memoryview(pkt)[hdr_len:]
+    total = len(payload)
+    seq0 = _I.unpack_from(pkt, ip_len + 4)[0]
+    flags = pkt[ip_len + 13]
+    ip_id = _H.unpack_from(pkt, 4)[0] if v == 4 else 0
+    hdr = bytearray(pkt[:hdr_len])
+    hdr[ip_len + 16 : ip_len + 18] = b"\0\0"
+    if v == 4:
+        hdr[10:12] = b"\0\0"
+        addr_sum = ones_sum(pkt[12:20])
+    else:
+        addr_sum = ones_sum(pkt[8:40])
+    out = []
+    off = 0
+    n = 0
+    while off < total or (total == 0 and n == 0):
+        chunk = payload[off : off + mss]
+        last = off + mss >= total
+        seg = bytearray(hdr)
+        seg += chunk
+        _I.pack_into(seg, ip_len + 4, (seq0 + off) & 0xFFFFFFFF)
+        f = flags if last else flags & ~_TCP_FIN_PSH
+        if n:
+            f &= ~_TCP_CWR
+        seg[ip_len + 13] = f
+        seg_tcp_len = tcp_len + len(chunk)
+        if v == 4:
+            _H.pack_into(seg, 2, ip_len + seg_tcp_len)
+            _H.pack_into(seg, 4, (ip_id + n) & 0xFFFF)
+            _H.pack_into(seg, 10, checksum(memoryview(seg)[:ip_len]))
+        else:
+            _H.pack_into(seg, 4, ip_len - 40 + seg_tcp_len)
+        c = checksum(memoryview(seg)[ip_len:], addr_sum + 6 + seg_tcp_len)
+        _H.pack_into(seg, ip_len + 16, c)
+        out.append(bytes(seg))
+        off += mss
+        n += 1
+    return out
+
+
+@dataclass(slots=True)
+class _Flow:
+    """A super-packet being built from consecutive segments of one TCP flow."""
+
+    parts: list[bytes]
+    ip_len: int
+    hdr_len: int
+    seg_size: int
+    next_seq: int
+    size: int
+    ack: bytes  # ack number: must match (the kernel's GRO flushes on a change too)
+    opts: bytes  # TCP options: must match byte for byte (timestamps included)
+    ip_fixed: bytes  # IPv4 TOS/TTL/DF, IPv6 traffic class/flow label/hop limit
+
+
+def coalesce(packets: list[bytes] | list[bytearray]) -> list[bytes]:
+    """Merge consecutive in-order TCP segments per flow; returns TUN writes (each with its vnet hdr).
+
+    Segments are not checksum-verified: ESP already authenticated them, and the merged packet is
+    marked CHECKSUM_PARTIAL like wireguard-go does.  Packets that cannot merge keep their order
+    relative to the merged data of their flow (a flow is closed when one of its packets passes by).
+    """
+    flows: dict[bytes, _Flow] = {}
+    order: list[_Flow | bytes] = []
+    for pkt in packets:
+        if type(pkt) is not bytes:
+            pkt = bytes(pkt)  # flow keys must be hashable; transport mode hands us bytearrays
+        n = len(pkt)
+        b0 = pkt[0] if n >= 60 else 0
+        if b0 == 0x45 and pkt[9] == 6 and not pkt[6] & 0x3F and not pkt[7]:
+            ip_len = 20
+            key = pkt[12:24]
+            ip_fixed = pkt[1:2] + pkt[6:7] + pkt[8:9]
+        elif b0 >> 4 == 6 and pkt[6] == 6 and n >= 80:
+            ip_len = 40
+            key = pkt[8:44]
+            ip_fixed = pkt[0:4] + pkt[7:8]
+        else:
+            order.append(pkt)
+            continue
+        hdr_len = ip_len + ((pkt[ip_len + 12] >> 4) << 2)
+        flags = pkt[ip_len + 13]
+        plen = n - hdr_len
+        if plen <= 0 or flags & 0xF7 != 0x10:  # only ACK (+PSH) segments with data merge
+            flows.pop(key, None)
+            order.append(pkt)
+            continue
+        seq = _I.unpack_from(pkt, ip_len + 4)[0]
+        fl = flows.get(key)
+        if (
+            fl is not None
+            and seq == fl.next_seq
+            and hdr_len == fl.hdr_len
+            and plen <= fl.seg_size
+            and fl.size + plen <= _MAX_SUPER
+            and pkt[ip_len + 8 : ip_len + 12] == fl.ack
+            and pkt[ip_len + 20 : hdr_len] == fl.opts
+            and ip_fixed == fl.ip_fixed
+        ):
+            fl.parts.append(pkt[hdr_len:])
+            fl.size += plen
+            fl.next_seq = (seq + plen) & 0xFFFFFFFF
+            if plen < fl.seg_size or flags & 0x08:
+                del flows[key]  # a short or PSH segment ends the super-packet
+                if flags & 0x08:
+                    first = bytearray(fl.parts[0])
+                    first[ip_len + 13] |= 0x08
+                    fl.parts[0] = bytes(first)
+            continue
+        fl = _Flow(
+            [pkt],
+            ip_len,
+            hdr_len,
+            plen,
+            (seq + plen) & 0xFFFFFFFF,
+            n,
+            pkt[ip_len + 8 : ip_len + 12],
+            pkt[ip_len + 20 : hdr_len],
+            ip_fixed,
+        )
+        order.append(fl)
+        if flags & 0x08:
+            flows.pop(key, None)
+        else:
+            flows[key] = fl
+    return [_emit(item) if type(item) is _Flow else PLAIN_HDR + item for item in order]  # type: ignore[operator]
+
+
+def _emit(fl: _Flow) -> bytes:
+    if len(fl.parts) == 1:
+        return PLAIN_HDR + fl.parts[0]
+    first = fl.parts[0]
+    ip_len, hdr_len = fl.ip_len, fl.hdr_len
+    pkt = bytearray(first)
+    for p in fl.parts[1:]:
+        pkt += p
+    total = len(pkt)
+    v = pkt[0] >> 4
+    if v == 4:
+        _H.pack_into(pkt, 2, total)
+        _H.pack_into(pkt, 10, 0)
+        _H.pack_into(pkt, 10, checksum(memoryview(pkt)[:20]))
+        gso = GSO_TCPV4
+    else:
+        _H.pack_into(pkt, 4, total - 40)
+        gso = GSO_TCPV6
+    _H.pack_into(pkt, ip_len + 16, _pseudo(pkt, v, 6, total - ip_len))
+    hdr = VNET_HDR.pack(F_NEEDS_CSUM, gso, hdr_len, fl.seg_size, ip_len, 16)
+    return hdr + bytes(pkt)

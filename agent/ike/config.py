@@ -1,0 +1,64 @@
+"""Per-peer IKE configuration handed to an IkeSession (compiled by the agent from the pushed profile).
+
+Owns defaults and validation of the numbers; proposal strings are parsed by proposals.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .constants import IdType
+from .events import Addr
+from .payloads import TrafficSelector
+
+
+@dataclass
+class IkeConfig:
+    local_addr: Addr
+    remote_addr: Addr | None
+    local_id: tuple[int, bytes]
+    remote_id: Any = None  # (id type, data), an identity.IdentityPattern, or None: any authenticated ID
+    psk: bytes | None = field(default=None, repr=False)
+    ike_proposals: Sequence[str] = ("aes128gcm16-prfsha256-x25519",)
+    esp_proposals: Sequence[str] = ("aes128gcm16",)
+    local_ts: Sequence[TrafficSelector] = ()
+    remote_ts: Sequence[TrafficSelector] = ()
+    mode: str = "tunnel"  # or "transport" (USE_TRANSPORT_MODE, RFC 7296 §1.3.1)
+    ike_lifetime: float = 4 * 3600.0
+    child_lifetime: float = 3600.0
+    rekey_fraction: float = 0.9  # rekey at 90 % of the lifetime ...
+    rekey_jitter: float = 0.05  # ... minus up to 5 % random, so both peers rarely rekey together
+    dpd_interval: float | None = 30.0  # idle seconds before an empty INFORMATIONAL probes the peer
+    retransmit_timeout: float = 2.0
+    retransmit_base: float = 1.8
+    retransmit_tries: int = 5
+    half_open_timeout: float = 30.0
+    seed: int | None = None  # for the jitter RNG; tests pass one for determinism
+    # Certificate authentication (RFC 7427): sign with private_key and send cert_chain (leaf first);
+    # verify peers against trust (certs.TrustStore) and revoked (certs.RevocationSet).
+    private_key: Any = field(default=None, repr=False)
+    cert_chain: Sequence[Any] = ()
+    trust: Any = None
+    revoked: Any = None
+    # Maps the engine's monotonic `now` to POSIX time, needed only for certificate validity.
+    wall_clock: Callable[[float], float] = field(default=lambda now: time.time(), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("tunnel", "transport"):
+            raise ValueError(f"mode {self.mode!r}: must be 'tunnel' or 'transport'")
+        if self.psk is None and self.private_key is None:
+            raise ValueError("configure a psk or a private_key (with cert_chain) to authenticate ourselves")
+        if self.private_key is not None and not self.cert_chain:
+            raise ValueError("private_key needs cert_chain (our certificate first)")
+        if self.psk is not None and len(self.psk) < 16:
+            raise ValueError("psk: use at least 16 octets of shared secret")
+        if not self.ike_proposals or not self.esp_proposals:
+            raise ValueError("ike_proposals/esp_proposals: at least one proposal each")
+
+
+def fqdn(name: str) -> tuple[int, bytes]:
+    """Convenience ID value for ID_FQDN."""
+    return (IdType.FQDN, name.encode())

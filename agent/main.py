@@ -1,0 +1,180 @@
+"""`meshsec-agent`: enroll once, then keep this host's desired state from the controller (fail static).
+
+Owns the command line and process setup.  For now it runs the control-plane client with a pluggable
+reconciler (default: record and report); the IKE/ESP data plane plugs in here later.  Tokens and keys
+are never logged.
+
+Exit codes: 0 stopped by signal, 1 enrollment refused or bad configuration, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+from meshsec.agent.controlplane import (
+    AgentIdentity,
+    ControlPlaneClient,
+    DesiredStateCache,
+    EnrollError,
+    Reconciler,
+    RecordingReconciler,
+    enroll,
+    enroll_address,
+)
+
+log = logging.getLogger("meshsec.agent")
+
+DEFAULT_STATE_DIR = "/var/lib/meshsec/agent"
+DEFAULT_CONTROLLER = "unix:///run/meshsec/controller.sock"
+LOG_EVERY = 60.0  # seconds between repeated "unreachable" lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="meshsec-agent",
+        description="meshsec agent: enrolls with the controller and applies this host's desired state.",
+        epilog="exit codes: 0 stopped, 1 enrollment refused or bad configuration, 2 usage error",
+    )
+    p.add_argument(
+        "--controller",
+        default=env("MESHSEC_CONTROLLER", DEFAULT_CONTROLLER),
+        help="controller address: unix:///path or 127.0.0.1:port (env MESHSEC_CONTROLLER)",
+    )
+    p.add_argument(
+        "--enroll-address",
+        default=env("MESHSEC_ENROLL_ADDRESS", ""),
+        help="enrollment endpoint (default: enroll.sock beside a unix --controller, or port+1 of a TCP one)",
+    )
+    p.add_argument("--node", default=env("MESHSEC_NODE", ""), help="this node's name (env MESHSEC_NODE)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(env("MESHSEC_AGENT_STATE_DIR", DEFAULT_STATE_DIR)),
+        help="key, certificate, cached desired state (env MESHSEC_AGENT_STATE_DIR)",
+    )
+    p.add_argument(
+        "--token",
+        default=env("MESHSEC_TOKEN", ""),
+        help="one-time bootstrap token, needed only to enroll (env MESHSEC_TOKEN)",
+    )
+    p.add_argument(
+        "--ca-hash",
+        default=env("MESHSEC_CA_HASH", ""),
+        help="SHA-256 of the controller CA, pinned on first contact (env MESHSEC_CA_HASH)",
+    )
+    p.add_argument(
+        "--ca-file",
+        type=Path,
+        default=Path(env("MESHSEC_CA_FILE", "")) if env("MESHSEC_CA_FILE") else None,
+        help="the controller CA certificate instead of --ca-hash (env MESHSEC_CA_FILE)",
+    )
+    p.add_argument(
+        "--reconciler",
+        default=env("MESHSEC_RECONCILER", ""),
+        help="module:factory building the Reconciler (default: record and report)",
+    )
+    p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect delay, seconds")
+    p.add_argument(
+        "--idle-timeout", type=float, default=20.0, help="reconnect when the controller is silent this long"
+    )
+    p.add_argument("--report-interval", type=float, default=10.0, help="status report interval, seconds")
+    p.add_argument("--log-level", default=env("MESHSEC_LOG_LEVEL", "info"), help="debug|info|warning")
+    return p
+
+
+def _reconciler(spec: str) -> Reconciler:
+    if not spec:
+        return RecordingReconciler()
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr or "Reconciler")()
+
+
+async def _enroll(args: argparse.Namespace, identity: AgentIdentity) -> None:
+    if not args.token:
+        raise EnrollError(f"not enrolled yet ({identity.cert_path} missing) and no --token given")
+    ca_pem = args.ca_file.read_bytes() if args.ca_file else None
+    address = args.enroll_address or enroll_address(args.controller)
+    delay, last_log = 0.5, -LOG_EVERY
+    while True:
+        try:
+            await enroll(address, args.node, args.token, identity, ca_pem=ca_pem, ca_sha256=args.ca_hash)
+            log.info("enrolled as %r", args.node)
+            return
+        except EnrollError as exc:
+            if not exc.retryable:
+                raise
+            if time.monotonic() - last_log >= LOG_EVERY:  # one line, not one per attempt
+                log.warning("%s; retrying", exc)
+                last_log = time.monotonic()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, args.backoff_max)
+
+
+async def run(args: argparse.Namespace) -> int:
+    identity = AgentIdentity(args.state_dir)
+    if not identity.enrolled():
+        if not args.node:
+            raise EnrollError("--node is required to enroll")
+        await _enroll(args, identity)
+    node = identity.node_name()
+    if args.node and args.node != node:
+        raise EnrollError(f"state dir {args.state_dir} holds the identity of {node!r}, not {args.node!r}")
+    reconciler = _reconciler(args.reconciler)
+    client = ControlPlaneClient(
+        address=args.controller,
+        node=node,
+        identity=identity,
+        cache=DesiredStateCache(args.state_dir / "desired.pb"),
+        reconciler=reconciler,
+        backoff_max=args.backoff_max,
+        idle_timeout=args.idle_timeout,
+        report_interval=args.report_interval,
+    )
+    task = asyncio.create_task(client.run())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # re-raises what ended the client, if it was not the signal
+    finally:
+        close = getattr(reconciler, "close", None)
+        if close is not None:  # e.g. the data plane: DELETE every SA, remove routes and TUN
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return asyncio.run(run(args))
+    except (EnrollError, OSError, ValueError) as exc:
+        print(f"meshsec-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""AgentService: Enroll (token + CSR), Sync (snapshot or resume, then deltas, heartbeats), Report, Renew.
+
+Owns the per-stream logic.  Each open Sync stream holds an etcd lease with connected/<node> bound to it
+(agent liveness); each Report stream holds one with status/<node> bound to it.  Versions sent are
+DesiredState versions (etcd revisions); an agent resuming from a version gets a delta when this
+replica can reconstruct what it holds, else a snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, config_pb2
+from meshsec.controller.api.auth import require_node
+from meshsec.controller.ca import CertificateAuthority, CsrInvalid, TokenRefused, consume_token, fingerprint
+from meshsec.controller.desired import DesiredState, diff
+from meshsec.controller.store import Keys, Store, StoreError
+from meshsec.controller.store.lease import LeaseHolder
+
+log = logging.getLogger(__name__)
+
+NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass
+class AgentSettings:
+    heartbeat_seconds: float = 5.0
+    agent_lease_ttl: int = 10
+    node_cert_lifetime: dt.timedelta = dt.timedelta(days=30)
+    replica: str = "controller"
+
+
+def _content(cfg: config_pb2.NodeConfig) -> config_pb2.NodeConfig:
+    c = config_pb2.NodeConfig()
+    c.CopyFrom(cfg)
+    c.version = 0
+    return c
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self, store: Store, state: DesiredState, ca: CertificateAuthority, settings: AgentSettings
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._ca = ca
+        self._s = settings
+
+    # -- enrollment ------------------------------------------------------------------------------
+    async def _record_cert(self, node: str, cert: x509.Certificate) -> None:
+        fp = fingerprint(cert)
+        record = {
+            "fingerprint": fp,
+            "not_after": cert.not_valid_after_utc.timestamp(),
+            "serial": format(cert.serial_number, "x"),
+            "issued_at": time.time(),
+        }
+        await self._store.txn(
+            [],
+            [
+                self._store.op_put(Keys.node(node), json.dumps(record).encode()),
+                self._store.op_put(Keys.issued(fp), json.dumps({"node": node, **record}).encode()),
+            ],
+        )
+
+    def _extra_dns(self, node: str) -> list[str]:
+        for n in self._state.spec.nodes:
+            if n.name == node and n.identity.startswith("fqdn:"):
+                return [n.identity.removeprefix("fqdn:")]
+        return []
+
+    async def Enroll(
+        self, request: agent_pb2.EnrollRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.EnrollResponse:
+        node = request.node
+        if not NODE_NAME.match(node):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node must be a DNS label (a-z, 0-9, '-')")
+        try:
+            # Check the CSR before spending the token, so a bad CSR does not burn it.
+            cert = self._ca.sign_node_csr(
+                request.csr_pem, node, self._s.node_cert_lifetime, self._extra_dns(node)
+            )
+        except CsrInvalid as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid CSR: {exc}")
+        try:
+            in_spec = any(n.name == node for n in self._state.spec.nodes)
+            await consume_token(self._store, request.token, node, node_in_spec=in_spec)
+        except TokenRefused as exc:
+            log.warning("enrollment of %r refused: token %s", node, exc)  # the reason, never the token
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "bootstrap token refused (unknown, used or expired)"
+            )
+        except StoreError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "controller storage unavailable; retry")
+        await self._record_cert(node, cert)
+        log.info("enrolled node %r (certificate %s)", node, fingerprint(cert)[:16])
+        return agent_pb2.EnrollResponse(
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM), ca_bundle_pem=self._ca.bundle_pem
+        )
+
+    async def Renew(
+        self, request: agent_pb2.RenewRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.RenewResponse:
+        ident = await require_node(context, None, self._state.is_revoked)
+        try:
+            cert = self._ca.sign_node_csr(
+                request.csr_pem, ident.name, self._s.node_cert_lifetime, self._extra_dns(ident.name)
+            )
+        except CsrInvalid as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid CSR: {exc}")
+        try:
+            await self._record_cert(ident.name, cert)
+        except StoreError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "controller storage unavailable; retry")
+        return agent_pb2.RenewResponse(
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM), ca_bundle_pem=self._ca.bundle_pem
+        )
+
+    # -- sync ------------------------------------------------------------------------------------
+    async def Sync(
+        self, request: agent_pb2.SyncRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.SyncResponse]:
+        ident = await require_node(context, request.node, self._state.is_revoked)
+        node = ident.name
+        await self._state.ready.wait()
+        liveness = LeaseHolder(self._store, self._s.agent_lease_ttl)
+        liveness.start()
+        await liveness.set(
+            Keys.connected(node), json.dumps({"replica": self._s.replica, "since": time.time()}).encode()
+        )
+        try:
+            resume = request.resume_from_version
+            held = await self._state.held_at(node, resume)
+            current = self._state.current(node)
+            if held is None:
+                log.info(
+                    "sync %s: snapshot at version %d (asked to resume from %d)", node, current.version, resume
+                )
+                yield agent_pb2.SyncResponse(version=current.version, snapshot=current)
+                agent_version = current.version
+            else:
+                agent_version = max(resume, current.version)
+                delta = diff(held, _content(current))
+                if delta.HasField("local") or delta.upsert_peers or delta.remove_peers:
+                    delta.from_version, delta.to_version = resume, current.version
+                    agent_version = current.version
+                    log.info("sync %s: resumed from %d with a delta to %d", node, resume, current.version)
+                    yield agent_pb2.SyncResponse(version=current.version, delta=delta)
+                else:
+                    log.info("sync %s: resumed at %d, up to date", node, agent_version)
+                    yield agent_pb2.SyncResponse(version=agent_version, heartbeat=agent_pb2.Heartbeat())
+            sent = _content(current)
+            seen_version = current.version
+            while True:
+                changed = await self._state.wait_change(seen_version, self._s.heartbeat_seconds)
+                if self._state.is_revoked(ident.fingerprint):
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED, f"certificate of {node} was revoked"
+                    )
+                if not changed:
+                    yield agent_pb2.SyncResponse(version=agent_version, heartbeat=agent_pb2.Heartbeat())
+                    continue
+                current = self._state.current(node)
+                seen_version = current.version
+                now = _content(current)
+                if now == sent:  # another node's change: tell the agent its config holds at this version
+                    agent_version = current.version
+                    yield agent_pb2.SyncResponse(version=agent_version, heartbeat=agent_pb2.Heartbeat())
+                    continue
+                delta = diff(sent, now)
+                delta.from_version, delta.to_version = agent_version, current.version
+                yield agent_pb2.SyncResponse(version=current.version, delta=delta)
+                sent, agent_version = now, current.version
+        finally:
+            await liveness.close()
+
+    # -- report ----------------------------------------------------------------------------------
+    async def Report(
+        self, request_iterator: AsyncIterator[agent_pb2.ReportRequest], context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ReportResponse:
+        ident = await require_node(context, None, self._state.is_revoked)
+        holder = LeaseHolder(self._store, self._s.agent_lease_ttl)
+        holder.start()
+        try:
+            async for req in request_iterator:
+                status = req.status
+                if status.node and status.node != ident.name:
+                    log.warning("node %r tried to report as %r: refused", ident.name, status.node)
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"certificate of node {ident.name!r} cannot report as node {status.node!r}",
+                    )
+                status.node = ident.name
+                if not status.HasField("reported_at"):
+                    status.reported_at.GetCurrentTime()
+                await holder.set(Keys.status(ident.name), status.SerializeToString(deterministic=True))
+        finally:
+            await holder.close()
+        return agent_pb2.ReportResponse()

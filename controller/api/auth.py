@@ -1,0 +1,51 @@
+"""Who is calling: the verified client certificate of a gRPC call, and the role checks built on it.
+
+The TLS layer has already verified the chain against the mesh CA; here we read role (subject O) and
+name (CN) from the leaf, refuse revoked certificates, and enforce "a node acts only as itself" and
+"AdminService needs an admin certificate".  A node certificate is never an admin certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from meshsec.controller.ca.authority import ROLE_ADMIN, ROLE_NODE, Identity, identity_of
+
+log = logging.getLogger(__name__)
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> Identity | None:
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if not pems:
+        return None
+    try:
+        return identity_of(pems[0])
+    except ValueError:
+        return None
+
+
+async def require_role(context: grpc.aio.ServicerContext, role: str, is_revoked: object) -> Identity:
+    ident = peer_identity(context)
+    if ident is None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required for this call")
+    assert ident is not None
+    if is_revoked(ident.fingerprint):  # type: ignore[operator]
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate of {ident.name} is revoked")
+    if ident.role != role:
+        what = "an admin certificate" if role == ROLE_ADMIN else "a node certificate"
+        log.info("refused %s %r: needs %s", ident.role or "certificate", ident.name, what)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this call needs {what}")
+    return ident
+
+
+async def require_node(context: grpc.aio.ServicerContext, node: str | None, is_revoked: object) -> Identity:
+    """The calling node; aborts unless it acts as itself (node None: whatever its certificate says)."""
+    ident = await require_role(context, ROLE_NODE, is_revoked)
+    if node is not None and node != ident.name:
+        log.warning("node %r tried to act as %r: refused", ident.name, node)
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"certificate of node {ident.name!r} cannot act as node {node!r}",
+        )
+    return ident

@@ -1,0 +1,240 @@
+"""Controller: one replica assembled: KEK, etcd (external or embedded), CA, desired state, gRPC servers.
+
+Owns process-level wiring and lifecycle only.  TLS: each replica issues itself a fresh server
+certificate from the mesh CA at start (key in memory only; SAN DNS meshsec-controller, localhost, IP
+127.0.0.1) and sends the CA certificate in its chain so an agent can pin the CA by hash on first
+contact.
+
+Two gRPC servers, because grpcio cannot make client certificates optional-but-verified on one port:
+the main server (TCP --listen and unix --socket) requires a client certificate issued by the mesh CA
+for every call; the enrollment server (--enroll-listen / --enroll-socket) asks for none and is only
+useful for AgentService.Enroll (every other method there fails for lack of a certificate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from meshsec.api.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
+from meshsec.controller.api.admin_service import AdminService
+from meshsec.controller.api.agent_service import AgentService, AgentSettings
+from meshsec.controller.ca import CANotInitialized, CertificateAuthority, Sealer, load_ca, load_kek
+from meshsec.controller.ca.kek import KEK_FILENAME
+from meshsec.controller.desired import DesiredState
+from meshsec.controller.desired.contracts import using_standins
+from meshsec.controller.store import Store, StoreError
+from meshsec.controller.store.embedded import EmbeddedEtcd
+
+log = logging.getLogger(__name__)
+
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 4_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+@dataclass
+class ControllerConfig:
+    state_dir: Path
+    etcd: list[str] = field(default_factory=list)  # empty: run an embedded etcd
+    listen: str | None = "127.0.0.1:7443"
+    socket: Path | None = None
+    enroll_listen: str | None = "127.0.0.1:7444"
+    enroll_socket: Path | None = None
+    replica: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    heartbeat_seconds: float = 5.0
+    agent_lease_ttl: int = 10
+    node_cert_lifetime: dt.timedelta = dt.timedelta(days=30)
+    etcd_client_port: int = 0
+    etcd_peer_port: int = 0
+
+
+async def open_store(cfg: ControllerConfig) -> tuple[Store, EmbeddedEtcd | None]:
+    embedded = None
+    endpoints = cfg.etcd
+    if not endpoints:
+        embedded = EmbeddedEtcd(
+            cfg.state_dir / "etcd", client_port=cfg.etcd_client_port, peer_port=cfg.etcd_peer_port
+        )
+        await embedded.start()
+        endpoints = [embedded.endpoint]
+    return await Store(endpoints).open(), embedded
+
+
+async def wait_for_ca(store: Store, sealer: Sealer, timeout: float = 30.0) -> CertificateAuthority:
+    """The CA from etcd, waiting out an etcd that is still starting (but not a missing init)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await load_ca(store, sealer)
+        except StoreError as exc:
+            if loop.time() > deadline:
+                raise StoreError(f"etcd at {','.join(store.endpoints)} unreachable: {exc}") from None
+            await asyncio.sleep(0.2)
+
+
+class Controller:
+    """start() → serving; stop() → everything it started is gone (servers, etcd child, tasks)."""
+
+    def __init__(self, cfg: ControllerConfig) -> None:
+        self.cfg = cfg
+        self.port: int | None = None
+        self.enroll_port: int | None = None
+        self.store: Store | None = None
+        self.state: DesiredState | None = None
+        self.embedded: EmbeddedEtcd | None = None
+        self._servers: list[grpc.aio.Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def address(self) -> str:
+        """The main (mTLS) gRPC target of this replica: TCP when listening on TCP, else the socket."""
+        if self.port:
+            host = (self.cfg.listen or "127.0.0.1").rsplit(":", 1)[0]
+            return f"{host}:{self.port}"
+        return f"unix://{self.cfg.socket}"
+
+    @property
+    def enroll_address(self) -> str:
+        if self.enroll_port:
+            host = (self.cfg.enroll_listen or "127.0.0.1").rsplit(":", 1)[0]
+            return f"{host}:{self.enroll_port}"
+        return f"unix://{self.cfg.enroll_socket}"
+
+    @staticmethod
+    def _bind(
+        server: grpc.aio.Server, listen: str | None, sock: Path | None, creds: grpc.ServerCredentials
+    ) -> int:
+        port = 0
+        if listen:
+            port = server.add_secure_port(listen, creds)
+        if sock:
+            sock.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()  # stale socket of a dead controller
+            server.add_secure_port(f"unix:{sock}", creds)
+        return port
+
+    async def start(self) -> None:
+        sealer = Sealer(load_kek(self.cfg.state_dir / KEK_FILENAME))
+        self.store, self.embedded = await open_store(self.cfg)
+        try:
+            ca = await wait_for_ca(self.store, sealer)
+        except (CANotInitialized, StoreError):
+            await self.stop()
+            raise
+        standins = using_standins()
+        if standins:
+            log.info("using built-in stand-ins for %s", ", ".join(standins))
+        self.state = DesiredState(self.store, sealer)
+        self._tasks.append(asyncio.create_task(self.state.run(), name="desired-state"))
+
+        settings = AgentSettings(
+            heartbeat_seconds=self.cfg.heartbeat_seconds,
+            agent_lease_ttl=self.cfg.agent_lease_ttl,
+            node_cert_lifetime=self.cfg.node_cert_lifetime,
+            replica=self.cfg.replica,
+        )
+        agent_service = AgentService(self.store, self.state, ca, settings)
+        health_servicer = health.aio.HealthServicer()
+        cert_pem, key_pem = ca.issue_server(self.cfg.replica)
+        pair = [(key_pem, cert_pem + ca.cert_pem)]
+
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.store, self.state, ca), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (AGENT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        mtls = grpc.ssl_server_credentials(pair, root_certificates=ca.bundle_pem, require_client_auth=True)
+        self.port = self._bind(server, self.cfg.listen, self.cfg.socket, mtls)
+
+        enroll_server = grpc.aio.server(options=SERVER_OPTIONS)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, enroll_server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, enroll_server)
+        tls = grpc.ssl_server_credentials(pair, root_certificates=None, require_client_auth=False)
+        self.enroll_port = self._bind(enroll_server, self.cfg.enroll_listen, self.cfg.enroll_socket, tls)
+
+        for srv in (server, enroll_server):
+            await srv.start()
+            self._servers.append(srv)
+        self._tasks.append(asyncio.create_task(self._health(health_servicer), name="health"))
+        main = [a for a in (self.port and self.address, self.cfg.socket and f"unix://{self.cfg.socket}") if a]
+        enr = [
+            a
+            for a in (
+                self.enroll_port and self.enroll_address,
+                self.cfg.enroll_socket and f"unix://{self.cfg.enroll_socket}",
+            )
+            if a
+        ]
+        log.info(
+            "controller %s serving on %s, enrollment on %s (etcd %s%s)",
+            self.cfg.replica,
+            " and ".join(main) or "nothing",
+            " and ".join(enr) or "nothing",
+            ",".join(self.store.endpoints),
+            ", embedded" if self.embedded else "",
+        )
+
+    async def _health(self, servicer: health.aio.HealthServicer) -> None:
+        """SERVING once the desired state is loaded and while etcd answers a probe."""
+        assert self.state is not None and self.store is not None
+        serving = None
+        while True:
+            now = self.state.ready.is_set()
+            if now:
+                try:
+                    await self.store.revision(timeout=1.0)
+                except StoreError:
+                    now = False
+            if now != serving:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if now
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ("", AGENT_SERVICE, ADMIN_SERVICE):
+                    await servicer.set(name, status)
+                if serving is not None:
+                    log.warning("health: %s", "serving" if now else "not serving (etcd unreachable)")
+                serving = now
+            if not self.state.ready.is_set():
+                with contextlib.suppress(TimeoutError):  # turn SERVING the moment the first read is in
+                    await asyncio.wait_for(self.state.ready.wait(), 0.5)
+            else:
+                await asyncio.sleep(1.0)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for srv in self._servers:
+            await srv.stop(grace)
+        self._servers.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        if self.embedded is not None:
+            await self.embedded.stop()
+            self.embedded = None

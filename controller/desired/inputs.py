@@ -1,0 +1,73 @@
+"""Compile inputs at one etcd revision: the spec, the CA bundle, revoked fingerprints, PSK master.
+
+A NodeConfig is a pure function of these, so reading them at an old revision reproduces exactly what an
+agent was sent at that revision (how a freshly started replica serves a resume with a delta).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from meshsec.api.v1 import spec_pb2
+from meshsec.controller.ca.authority import load_psk_master
+from meshsec.controller.ca.kek import Sealer
+from meshsec.controller.store import Keys, Store
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the compiler needs besides the spec (the contract with controller/compiler)."""
+
+    trusted_ca_pem: str
+    revoked_fingerprints: frozenset[str]
+    psk_master: bytes = field(repr=False)
+
+    @property
+    def ca_bundle_pem(self) -> str:
+        """Alias of trusted_ca_pem."""
+        return self.trusted_ca_pem
+
+    def psk_for(self, a: str, b: str) -> bytes:
+        """The pre-shared key of the pair {a, b}: HKDF-SHA256 of the master, symmetric in a and b."""
+        lo, hi = sorted((a, b))
+        info = b"meshsec psk v1\x00" + lo.encode() + b"\x00" + hi.encode()
+        return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(self.psk_master)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    spec: spec_pb2.MeshSpec
+    spec_revision: int  # mod_revision of the spec key (0: none applied yet)
+    creds: Credentials
+    revision: int  # the etcd revision all of this was read at
+
+    def digest(self) -> str:
+        """Changes whenever any input changes (cheap equality across loads)."""
+        h = hashlib.sha256(self.spec.SerializeToString(deterministic=True))
+        h.update(self.creds.trusted_ca_pem.encode())
+        h.update(",".join(sorted(self.creds.revoked_fingerprints)).encode())
+        return h.hexdigest()
+
+
+async def load_inputs(
+    store: Store, sealer: Sealer, *, revision: int = 0, psk_master: bytes | None = None
+) -> Inputs:
+    """Read every compile input at one revision (0 = now); raises Compacted for a compacted revision."""
+    revision = revision or await store.revision()
+    spec_kv = await store.get(Keys.SPEC, revision=revision)
+    spec = spec_pb2.MeshSpec()
+    if spec_kv is not None:
+        spec.ParseFromString(spec_kv.value)
+    ca_kv = await store.get(Keys.CA_CERT, revision=revision)
+    revoked, _ = await store.get_prefix(Keys.CERTS_REVOKED, revision=revision)
+    if psk_master is None:
+        psk_master = await load_psk_master(store, sealer, revision=revision)
+    creds = Credentials(
+        trusted_ca_pem=ca_kv.value.decode() if ca_kv else "",
+        revoked_fingerprints=frozenset(kv.key.removeprefix(Keys.CERTS_REVOKED) for kv in revoked),
+        psk_master=psk_master,
+    )
+    return Inputs(spec, spec_kv.mod_revision if spec_kv else 0, creds, revision)

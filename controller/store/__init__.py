@@ -1,0 +1,38 @@
+"""The controller's only view of etcd: a thin adapter over etcd3aio, the key layout, the embedded etcd.
+
+Owns every etcd key the controller reads or writes; nothing else in meshsec talks to etcd directly, and
+this package knows nothing about gRPC, certificates or the mesh compiler.
+
+Key layout (all under ``/meshsec/v1/``; see keys.py):
+
+====================================  =====================================================  ==========
+key                                   value                                                  lifetime
+====================================  =====================================================  ==========
+``spec``                              ``MeshSpec`` (protobuf binary): the whole applied spec  permanent
+``nodes/<name>``                      enrollment record, JSON: cert fingerprint, not_after    permanent
+``status/<name>``                     ``NodeStatus`` (protobuf binary), last Report           Report lease
+``connected/<name>``                  JSON {replica, since}: an agent's Sync stream is open   Sync lease
+``ca/cert``                           CA certificate(s) PEM (two during a rollover)            permanent
+``ca/key``                            CA private key, AES-GCM encrypted with the state-dir KEK permanent
+``ca/psk-master``                     32-byte PSK master secret, AES-GCM encrypted (KEK)      permanent
+``tokens/<id>``                       JSON {sha256 of secret, node, expires_at}               TTL lease
+``certs/issued/<sha256>``             JSON {node, role, serial, not_after}                    permanent
+``certs/revoked/<sha256>``            JSON {node, at}: refused by controller and peers        permanent
+====================================  =====================================================  ==========
+
+The compile inputs are ``spec``, ``ca/`` and ``certs/revoked/``: a NodeConfig is a pure function of them
+at one etcd revision, which is what lets any replica (or a restarted one) serve a resume from an old
+version by reading those keys at that revision.
+"""
+
+from meshsec.controller.store.client import (
+    Compacted,
+    KeyValue,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    WatchEvent,
+)
+from meshsec.controller.store.keys import Keys
+
+__all__ = ["Compacted", "KeyValue", "Keys", "Store", "StoreError", "StoreUnavailable", "WatchEvent"]

@@ -1,0 +1,186 @@
+"""mapping: PeerConfig -> IkeConfig, selector conversions, Child SA -> ESP parameters (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from meshsec.agent.esp import Mode, TrafficSelector
+from meshsec.agent.ike.events import ChildSaEstablished
+from meshsec.agent.ike.identity import IdentityPattern
+from meshsec.agent.runtime import mapping
+from meshsec.api.v1 import spec_pb2
+
+from tests.agent.runtime.harness import PSK, TestCa, node, peer
+
+
+def _peer(**kw: object):  # type: ignore[no-untyped-def]
+    return peer("b", endpoint="198.18.0.2", local_ts=["198.19.1.0/24"], remote_ts=["198.19.2.0/24"], **kw)  # type: ignore[arg-type]
+
+
+def test_psk_peer_to_ike_config() -> None:
+    p = _peer(
+        ike_proposals=["aes256-sha256-modp2048"],
+        esp_proposals=["aes256-sha256"],
+        dpd=10,
+        dpd_timeout=30,
+        child_rekey=600,
+        ike_rekey=3000,
+    )
+    cfg = mapping.ike_config(
+        p, node("a", [p]).local, local_addr=("198.18.0.1", 500), remote_addr=("198.18.0.2", 500)
+    )
+    assert cfg.psk == PSK
+    assert cfg.local_id == (2, b"a.meshsec")  # ID_FQDN
+    assert isinstance(cfg.remote_id, IdentityPattern)
+    assert list(cfg.ike_proposals) == ["aes256-sha256-modp2048"]
+    assert list(cfg.esp_proposals) == ["aes256-sha256"]
+    assert [str(t) for t in cfg.local_ts] == ["198.19.1.0-198.19.1.255 proto 0 ports 0-65535"]
+    assert cfg.mode == "tunnel"
+    assert cfg.dpd_interval == 10.0
+    assert cfg.ike_lifetime == 9000.0 and abs(cfg.rekey_fraction - 3000 / 9000) < 1e-9
+    assert cfg.child_lifetime == 1800.0
+    # retransmissions give up after roughly the DPD timeout
+    total = sum(cfg.retransmit_timeout * cfg.retransmit_base**i for i in range(cfg.retransmit_tries))
+    assert 10 <= total <= 30
+
+
+def test_defaults_and_transport_mode() -> None:
+    p = _peer(mode="transport")
+    p.ike.ClearField("proposals")
+    cfg = mapping.ike_config(p, node("a", [p]).local, local_addr=("198.18.0.1", 500), remote_addr=None)
+    assert cfg.mode == "transport"
+    assert list(cfg.ike_proposals) == list(mapping.DEFAULT_IKE_PROPOSALS)
+    assert cfg.dpd_interval is None
+
+
+def test_certificate_peer_needs_credentials_and_ca() -> None:
+    p = _peer(psk=None)
+    local = node("a", [p]).local
+    with pytest.raises(mapping.ConfigError, match="no key/certificate"):
+        mapping.ike_config(p, local, local_addr=("198.18.0.1", 500), remote_addr=None)
+    ca = TestCa()
+    key_pem, cert_pem = ca.issue("a.meshsec")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    creds = mapping.Credentials(
+        serialization.load_pem_private_key(key_pem, None), (x509.load_pem_x509_certificate(cert_pem),)
+    )
+    with pytest.raises(mapping.ConfigError, match="trusted_ca_pem is empty"):
+        mapping.ike_config(p, local, local_addr=("198.18.0.1", 500), remote_addr=None, credentials=creds)
+    local.trusted_ca_pem = ca.pem
+    cfg = mapping.ike_config(p, local, local_addr=("198.18.0.1", 500), remote_addr=None, credentials=creds)
+    assert cfg.psk is None and cfg.private_key is not None and cfg.trust is not None
+
+
+def test_bad_input_names_the_field() -> None:
+    p = _peer(psk=b"short")
+    with pytest.raises(mapping.ConfigError, match="psk has 5 octets"):
+        mapping.ike_config(p, node("a", [p]).local, local_addr=("198.18.0.1", 500), remote_addr=None)
+    p = _peer()
+    p.children[0].local_ts[:] = ["not-a-cidr"]
+    with pytest.raises(mapping.ConfigError, match="traffic selector"):
+        mapping.ike_config(p, node("a", [p]).local, local_addr=("198.18.0.1", 500), remote_addr=None)
+    p = _peer()
+    p.remote_identity = "fqdn:"
+    with pytest.raises(mapping.ConfigError, match="identity"):
+        mapping.ike_config(p, node("a", [p]).local, local_addr=("198.18.0.1", 500), remote_addr=None)
+
+
+def test_responder_accepts_union_of_same_mode_children() -> None:
+    p = _peer()
+    p.children.add(
+        name="lan2", mode=spec_pb2.MODE_TUNNEL, local_ts=["198.19.5.0/24"], remote_ts=["198.19.6.0/24"]
+    )
+    local = node("a", [p]).local
+    ini = mapping.ike_config(p, local, local_addr=("198.18.0.1", 500), remote_addr=None)
+    resp = mapping.ike_config(p, local, local_addr=("198.18.0.1", 500), remote_addr=None, responder=True)
+    assert len(ini.local_ts) == 1 and len(resp.local_ts) == 2
+    assert (
+        mapping.child_for(p, mapping.ike_ts(["198.19.5.0/25"]), mapping.ike_ts(["198.19.6.7/32"])) == "lan2"
+    )
+    assert mapping.child_for(p, mapping.ike_ts(["198.19.1.0/24"]), mapping.ike_ts(["198.19.2.0/24"])) == "net"
+    assert mapping.child_for(p, mapping.ike_ts(["198.19.9.0/24"]), mapping.ike_ts(["198.19.2.0/24"])) == ""
+
+
+def test_endpoints_parse() -> None:
+    p = _peer()
+    p.endpoints[:] = ["198.18.0.2", "198.18.0.3:4500", "[fd00::2]:500", "fd00::3"]
+    assert mapping.endpoints(p) == [
+        ("198.18.0.2", 500),
+        ("198.18.0.3", 4500),
+        ("fd00::2", 500),
+        ("fd00::3", 500),
+    ]
+
+
+def test_range_selectors_become_exact_prefixes() -> None:
+    [ts] = mapping.ike_ts(["198.19.2.0/24"])
+    assert mapping.ts_text(ts) == ["198.19.2.0/24"]
+    odd = type(ts)(
+        ts.ts_type,
+        6,
+        80,
+        80,
+        ipaddress.ip_address("198.19.2.1").packed,
+        ipaddress.ip_address("198.19.2.4").packed,
+    )
+    assert mapping.ts_text(odd) == ["198.19.2.1/32", "198.19.2.2/31", "198.19.2.4/32"]
+    sels = mapping.esp_selectors(mapping.ike_ts(["198.19.1.0/24"]), [odd])
+    assert len(sels) == 3 and all(s.protocol == 6 and s.remote_ports == (80, 80) for s in sels)
+
+
+def _event(
+    mode: str = "tunnel", encr: int = 20, bits: int | None = 128, integ: int = 0
+) -> ChildSaEstablished:
+    local, remote = (
+        (["198.18.0.1/32"], ["198.18.0.2/32"])
+        if mode == "transport"
+        else (["198.19.1.0/24"], ["198.19.2.0/24"])
+    )
+    from meshsec.agent.esp.transforms import transform_spec
+
+    spec = transform_spec(encr, bits or 256, integ)
+    return ChildSaEstablished(
+        spi_in=0x1111,
+        spi_out=0x2222,
+        encr_id=encr,
+        key_bits=bits,
+        integ_id=integ,
+        esn=False,
+        mode=mode,
+        ts_local=tuple(mapping.ike_ts(local)),
+        ts_remote=tuple(mapping.ike_ts(remote)),
+        peer=("198.18.0.2", 4500),
+        local_port=4500,
+        encap=True,
+        nat_local=False,
+        nat_remote=True,
+        lifetime=3600.0,
+        keymat_in=bytes(range(spec.keymat_len)),
+        keymat_out=bytes(reversed(range(spec.keymat_len))),
+        encr_key_len=spec.enc_key_len,
+    )
+
+
+def test_child_event_to_sa_params_tunnel() -> None:
+    ev = _event()
+    inbound, outbound = mapping.sa_params(ev)
+    assert (inbound.spi, outbound.spi) == (0x1111, 0x2222)
+    assert inbound.enc_key == ev.keymat_in[:20] and outbound.enc_key == ev.keymat_out[:20]
+    assert inbound.mode is Mode.TUNNEL and inbound.transport is None
+    assert inbound.selectors == (TrafficSelector.of("198.19.1.0/24", "198.19.2.0/24"),)
+    assert mapping.transform_name(ev) == "aes128gcm16"
+
+
+def test_child_event_to_sa_params_transport_and_cbc() -> None:
+    ev = _event(mode="transport", encr=12, bits=256, integ=12)
+    inbound, _outbound = mapping.sa_params(ev)
+    assert inbound.mode is Mode.TRANSPORT
+    assert inbound.transport is not None and str(inbound.transport.local) == "198.18.0.1"
+    assert str(inbound.transport.remote) == "198.18.0.2"
+    assert len(inbound.enc_key) == 32 and len(inbound.integ_key) == 32
+    assert mapping.transform_name(ev) == "aes256-sha256"
+    chacha = _event(encr=28, bits=None)
+    assert mapping.sa_params(chacha)[0].key_bits == 256
