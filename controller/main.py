@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--replica", default=_env("MESHSEC_REPLICA", ""), help="replica name (default host-pid)"
     )
+    serve.add_argument(
+        "--singleton-jobs",
+        action="store_true",
+        default=_env("MESHSEC_SINGLETON_JOBS", "") == "1",
+        help="run the singleton jobs (gc, CA rotation) under an etcd election (env MESHSEC_SINGLETON_JOBS=1)",
+    )
     serve.add_argument("--heartbeat", type=float, default=5.0, help="Sync heartbeat interval, seconds")
     serve.add_argument("--agent-lease-ttl", type=int, default=10, help="agent liveness lease TTL, seconds")
     serve.add_argument(
@@ -207,6 +213,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         node_cert_lifetime=dt.timedelta(hours=args.node_cert_hours),
         etcd_client_port=args.etcd_client_port,
         etcd_peer_port=args.etcd_peer_port,
+        singleton_jobs=args.singleton_jobs,
     )
     if args.replica:
         cfg.replica = args.replica

@@ -46,11 +46,12 @@ mkdir -p "$OUT" "$CACHE"
 WORK="$(mktemp -d /tmp/meshsec-image.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 
-# podman as root on this kind of host: runc (crun is not packaged in bookworm's defaults here),
-# cgroupfs, file event log and explicit ulimits (the inherited ones are not valid for new containers).
-cat >"$WORK/containers.conf" <<'CONF'
+# podman as root on this kind of host: runc, cgroupfs, a file event log, and explicit ulimits no
+# higher than this process's own hard limits (podman's defaults exceed them: "error setting rlimit").
+NOFILE="$(ulimit -Hn)" NPROC="$(ulimit -Hu)"
+cat >"$WORK/containers.conf" <<CONF
 [containers]
-default_ulimits = ["nofile=65536:65536", "nproc=65536:65536"]
+default_ulimits = ["nofile=$NOFILE:$NOFILE", "nproc=$NPROC:$NPROC"]
 netns = "none"
 [engine]
 runtime = "runc"

@@ -199,13 +199,14 @@ class ControlPlaneClient:
             cfg.CopyFrom(resp.snapshot)
             cfg.version = resp.version
             self._force_snapshot = False
-            log.info("sync: snapshot version %d (%d peers)", cfg.version, len(cfg.peers))
             await self._install(cfg)
+            log.info("sync: snapshot version %d (%d peers)", cfg.version, len(cfg.peers))
             await self._event(SyncEvent("snapshot", cfg.version))
         elif kind == "delta":
             if self.config is None:
                 raise DeltaMismatch("delta before any snapshot")
             cfg = apply_delta(self.config, resp.delta)
+            await self._install(cfg)
             log.info(
                 "sync: delta %d -> %d (+%d -%d peers)",
                 resp.delta.from_version,
@@ -213,7 +214,6 @@ class ControlPlaneClient:
                 len(resp.delta.upsert_peers),
                 len(resp.delta.remove_peers),
             )
-            await self._install(cfg)
             await self._event(SyncEvent("delta", cfg.version, resp.delta.from_version))
         elif kind == "heartbeat":
             if self.config is not None and resp.version > self.config.version:

@@ -5,6 +5,7 @@ Must not implement ESP itself (meshsec.agent.esp does) nor negotiate keys (meshs
 """
 
 from meshsec.agent.dataplane.counters import DataplaneCounters
-from meshsec.agent.dataplane.engine import Dataplane, IkeHandler, Peer
+from meshsec.agent.dataplane.engine import Dataplane, IkeHandler
+from meshsec.agent.dataplane.tables import Peer, SaTables
 
-__all__ = ["Dataplane", "DataplaneCounters", "IkeHandler", "Peer"]
+__all__ = ["Dataplane", "DataplaneCounters", "IkeHandler", "Peer", "SaTables"]

@@ -27,20 +27,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from meshsec.agent.dataplane import offload, udp
 from meshsec.agent.dataplane.counters import DataplaneCounters
 from meshsec.agent.dataplane.inner import clamp_mss, flow_key, is_tcp_syn, too_big_reply
-from meshsec.agent.esp import EspDrop, InboundSa, Mode, OutboundSa, Sad, SaParams, Spd, TrafficSelector
-from meshsec.agent.esp.mtu import max_inner_packet
+from meshsec.agent.dataplane.tables import Outbound, SaTables, family_of
+from meshsec.agent.esp import EspDrop
 from meshsec.agent.netcfg.tun import TunDevice
 
 #: Callback for IKE messages: (message without non-ESP marker, remote (host, port), local port).
 IkeHandler = Callable[[bytes, tuple, int], None]
 
-SPD_CACHE_SIZE = 4096  # distinct flows remembered between SPD changes; cleared when full
-_MISS = object()
 VNET_LEN = offload.VNET_HDR_LEN
 TX_BATCH = 64  # inner packets encrypted before a flush (one GSO run is at most 64 segments)
 RX_BUFFER = 65535
@@ -50,33 +47,7 @@ _UDP_HDR = 8
 _IP_HDR = {4: 20, 6: 40}
 
 
-def _family_of(host: str) -> int:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-@dataclass
-class Peer:
-    """Where a peer's ESP goes: its current (address, port); the IKE engine moves it (RFC 7296 §2.23)."""
-
-    endpoint: tuple[str, int]
-    link_mtu: int = 1500
-    family: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.family = _family_of(self.endpoint[0])
-
-
-@dataclass
-class _Outbound:
-    sa: OutboundSa
-    params: SaParams
-    peer: Peer
-    selectors: tuple[TrafficSelector, ...]
-    mtu: dict[int, int]  # inner IP version -> largest inner packet that fits one outer packet
-    mss: dict[int, int]
-
-
-class Dataplane:
+class Dataplane(SaTables):
     """User-space ESP data plane for one TUN device.
 
     Construct, `add_*` SAs (before or after `start()`), `start()`, and `close()` at the end.
@@ -101,16 +72,11 @@ class Dataplane:
         icmp_source: dict[int, bytes] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(clock)
         self.tun = tun
         self.counters = DataplaneCounters()
-        self.clock = clock
         self.clamp = clamp_mss
         self.icmp_source = dict(icmp_source or {})
-        self._spd: Spd[str] = Spd()
-        self._spd_cache: dict[bytes, str | None] = {}
-        self._out: dict[str, _Outbound] = {}
-        self._sad = Sad()
-        self._peers: dict[str, Peer] = {}
         self._ike_handler: IkeHandler | None = None
         self._endpoints: list[udp.UdpEndpoint] = []
         self._by_family: dict[int, udp.UdpEndpoint] = {}
@@ -120,7 +86,7 @@ class Dataplane:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             for host in listen:
-                fam = _family_of(host)
+                fam = family_of(host)
                 ep = udp.open_udp(fam, host, port, nat_t=True, mark=mark, gso=gso, gro=gro)
                 self._endpoints.append(ep)
                 self._by_family[fam] = ep
@@ -149,99 +115,9 @@ class Dataplane:
         hand the datagram over (e.g. loop.call_soon_threadsafe) and return quickly."""
         self._ike_handler = handler
 
-    def set_peer(self, peer_id: str, endpoint: tuple[str, int], link_mtu: int = 1500) -> None:
-        """Create a peer or move it to a new (address, port): NAT mobility / MOBIKE updates."""
-        peer = self._peers.get(peer_id)
-        if peer is None:
-            self._peers[peer_id] = Peer(endpoint, link_mtu)
-            return
-        new_family = _family_of(endpoint[0])
-        peer.endpoint = endpoint
-        peer.family = new_family
-        if peer.link_mtu != link_mtu:
-            peer.link_mtu = link_mtu
-        for entry in self._out.values():
-            if entry.peer is peer:
-                entry.mtu, entry.mss = self._limits(entry.params, peer)
-
-    def update_peer_endpoint(self, peer_id: str, endpoint: tuple[str, int]) -> None:
-        peer = self._peers[peer_id]
-        self.set_peer(peer_id, endpoint, peer.link_mtu)
-
-    def remove_peer(self, peer_id: str) -> None:
-        for sa_id in [k for k, v in self._out.items() if v.peer is self._peers.get(peer_id)]:
-            self.remove_outbound_sa(sa_id)
-        self._peers.pop(peer_id, None)
-
-    def _limits(self, params: SaParams, peer: Peer) -> tuple[dict[int, int], dict[int, int]]:
-        outer = 6 if peer.family == socket.AF_INET6 else 4
-        mtu = {
-            v: max_inner_packet(
-                peer.link_mtu, params.spec, mode=params.mode, outer_family=outer, inner_family=v
-            )
-            for v in (4, 6)
-        }
-        mss = {v: mtu[v] - _IP_HDR[v] - 20 for v in (4, 6)}
-        return mtu, mss
-
-    def add_outbound_sa(
-        self, sa_id: str, params: SaParams, selectors: Iterable[TrafficSelector], peer_id: str
-    ) -> OutboundSa:
-        """Install (or atomically replace, for a rekey) the outbound SA `sa_id` for `selectors`.
-
-        Returns the OutboundSa so the agent can poll its lifetime events and counters.
-        """
-        peer = self._peers[peer_id]
-        sa = OutboundSa(params, self.clock())
-        sels = tuple(selectors)
-        mtu, mss = self._limits(params, peer)
-        entry = _Outbound(sa, params, peer, sels, mtu, mss)
-        old = self._out.get(sa_id)
-        self._out[sa_id] = entry
-        if old is None or old.selectors != sels:
-            if old is not None:
-                self._spd.remove(sa_id)
-            for ts in sels:
-                self._spd.add(ts, sa_id)
-            self._spd_cache.clear()
-        if old is not None:
-            old.sa.wipe()
-        return sa
-
-    def remove_outbound_sa(self, sa_id: str) -> None:
-        old = self._out.pop(sa_id, None)
-        self._spd.remove(sa_id)
-        self._spd_cache.clear()
-        if old is not None:
-            old.sa.wipe()
-
-    def outbound_sa(self, sa_id: str) -> OutboundSa | None:
-        entry = self._out.get(sa_id)
-        return entry.sa if entry else None
-
-    def add_inbound_sa(self, params: SaParams) -> InboundSa:
-        sa = InboundSa(params, self.clock())
-        self._sad.add(sa)
-        return sa
-
-    def remove_inbound_sa(self, spi: int) -> None:
-        self._sad.remove(spi)
-
-    def inbound_sa(self, spi: int) -> InboundSa | None:
-        return self._sad.get(spi)
-
-    def inbound_spis(self) -> list[int]:
-        return [sa.spi for sa in self._sad]
-
-    def sa_counters(self) -> dict[str, object]:
-        """Per-SA counters (the ESP core's `Counters`): outbound by SA id, inbound by SPI."""
-        out: dict[str, object] = {f"out:{k}": v.sa.counters for k, v in list(self._out.items())}
-        out.update({f"in:{sa.spi:08x}": sa.counters for sa in self._sad})
-        return out
-
     def send_ike(self, message: bytes, remote: tuple[str, int], *, nat_t: bool = True) -> None:
         """Send one IKE message; on port 4500 (`nat_t`) it gets the RFC 3948 non-ESP marker."""
-        fam = _family_of(remote[0])
+        fam = family_of(remote[0])
         ep = (self._by_family if nat_t else self._ike_by_family).get(fam)
         if ep is None:
             raise OSError(errno.EAFNOSUPPORT, f"no {'NAT-T' if nat_t else 'IKE'} socket for {remote[0]}")
@@ -250,7 +126,7 @@ class Dataplane:
 
     def send_keepalive(self, remote: tuple[str, int]) -> None:
         """RFC 3948 §2.3 NAT-keepalive (one 0xFF byte) from the NAT-T socket."""
-        ep = self._by_family.get(_family_of(remote[0]))
+        ep = self._by_family.get(family_of(remote[0]))
         if ep is not None:
             with contextlib.suppress(OSError):
                 ep.sock.sendto(udp.NAT_KEEPALIVE, remote)
@@ -271,11 +147,7 @@ class Dataplane:
         self._threads.clear()
         udp.close_all(self._endpoints)
         self._endpoints.clear()
-        for entry in self._out.values():
-            entry.sa.wipe()
-        self._out.clear()
-        for sa in list(self._sad):
-            self._sad.remove(sa.spi)
+        self.wipe_all()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -367,13 +239,7 @@ class Dataplane:
         if len(pkt) < 20:
             c.no_policy += 1
             return 0
-        key = flow_key(pkt)
-        sa_id = self._spd_cache.get(key, _MISS)
-        if sa_id is _MISS:
-            sa_id = self._spd.lookup(pkt)
-            if len(self._spd_cache) >= SPD_CACHE_SIZE:
-                self._spd_cache.clear()
-            self._spd_cache[key] = sa_id
+        sa_id = self.sa_for(pkt)
         if sa_id is None:
             c.no_policy += 1
             return 0
@@ -406,7 +272,7 @@ class Dataplane:
 
     def _queue(
         self,
-        entry: _Outbound,
+        entry: Outbound,
         esp: bytearray,
         pending: dict[tuple[str, int], list[bytearray]],
         pending_ep: dict[tuple[str, int], tuple[udp.UdpEndpoint, int]],
@@ -525,7 +391,7 @@ class Dataplane:
     def _write_tun(self, packets: list[bytes]) -> None:
         c = self.counters
         c.tun_packets_out += len(packets)
-        writes: list[bytes] | list[bytearray] = packets
+        writes: list[bytes] | list[bytearray] | list[bytes | bytearray] = packets
         if self.tun.vnet_hdr:
             try:
                 writes = offload.coalesce(packets)
@@ -539,8 +405,3 @@ class Dataplane:
                 c.tun_writes += 1
             except OSError:
                 c.tun_write_errors += 1
-
-    # ------------------------------------------------------------------ observability
-    def sa_mode(self, sa_id: str) -> Mode | None:
-        entry = self._out.get(sa_id)
-        return entry.params.mode if entry else None

@@ -35,12 +35,6 @@ class OffloadError(ValueError):
     """A virtio_net_hdr or super-packet the segmenter cannot handle."""
 
 
-def _pseudo(pkt: bytes | bytearray, v: int, proto: int, length: int) -> int:
-    if v == 4:
-        return fold(ones_sum(pkt[12:20]) + proto + length)
-    return fold(ones_sum(pkt[8:40]) + proto + length)
-
-
 def split_read(buf: bytes) -> list[bytes]:
     """Turn one TUN read (virtio_net_hdr + packet) into ready-to-encrypt inner packets."""
     if len(buf) < VNET_HDR_LEN + 20:
@@ -131,10 +125,10 @@ class _Flow:
     size: int
     ack: bytes  # ack number: must match (the kernel's GRO flushes on a change too)
     opts: bytes  # TCP options: must match byte for byte (timestamps included)
-    ip_fixed: bytes  # IPv4 TOS/TTL/DF, IPv6 traffic class/flow label/hop limit
+    ip_fixed: int  # IPv4 TOS/TTL/DF, IPv6 traffic class/flow label/hop limit
 
 
-def coalesce(packets: list[bytes] | list[bytearray]) -> list[bytes]:
+def coalesce(packets: list[bytes] | list[bytearray]) -> list[bytes | bytearray]:
     """Merge consecutive in-order TCP segments per flow; returns TUN writes (each with its vnet hdr).
 
     Segments are not checksum-verified: ESP already authenticated them, and the merged packet is
@@ -151,11 +145,11 @@ def coalesce(packets: list[bytes] | list[bytearray]) -> list[bytes]:
         if b0 == 0x45 and pkt[9] == 6 and not pkt[6] & 0x3F and not pkt[7]:
             ip_len = 20
             key = pkt[12:24]
-            ip_fixed = pkt[1:2] + pkt[6:7] + pkt[8:9]
+            ip_fixed = pkt[1] << 16 | (pkt[6] & 0x40) << 8 | pkt[8]  # TOS, DF, TTL
         elif b0 >> 4 == 6 and pkt[6] == 6 and n >= 80:
             ip_len = 40
             key = pkt[8:44]
-            ip_fixed = pkt[0:4] + pkt[7:8]
+            ip_fixed = _I.unpack_from(pkt)[0] << 8 | pkt[7]  # traffic class, flow label, hop limit
         else:
             order.append(pkt)
             continue
@@ -207,24 +201,29 @@ def coalesce(packets: list[bytes] | list[bytearray]) -> list[bytes]:
     return [_emit(item) if type(item) is _Flow else PLAIN_HDR + item for item in order]  # type: ignore[operator]
 
 
-def _emit(fl: _Flow) -> bytes:
+def _emit(fl: _Flow) -> bytes | bytearray:
+    """One TUN write for a flow: the first packet's headers, every payload, a GSO virtio_net_hdr.
+
+    Built in place in one buffer (header first) so the ~64 KB super-packet is copied once.
+    """
     if len(fl.parts) == 1:
         return PLAIN_HDR + fl.parts[0]
-    first = fl.parts[0]
     ip_len, hdr_len = fl.ip_len, fl.hdr_len
-    pkt = bytearray(first)
-    for p in fl.parts[1:]:
-        pkt += p
-    total = len(pkt)
-    v = pkt[0] >> 4
-    if v == 4:
-        _H.pack_into(pkt, 2, total)
-        _H.pack_into(pkt, 10, 0)
-        _H.pack_into(pkt, 10, checksum(memoryview(pkt)[:20]))
+    buf = bytearray(PLAIN_HDR)
+    buf += fl.parts[0]
+    buf += b"".join(fl.parts[1:])
+    total = len(buf) - VNET_HDR_LEN
+    o = VNET_HDR_LEN
+    if buf[o] >> 4 == 4:
+        _H.pack_into(buf, o + 2, total)
+        _H.pack_into(buf, o + 10, 0)
+        _H.pack_into(buf, o + 10, checksum(memoryview(buf)[o : o + 20]))
         gso = GSO_TCPV4
+        addr_sum = ones_sum(memoryview(buf)[o + 12 : o + 20])
     else:
-        _H.pack_into(pkt, 4, total - 40)
+        _H.pack_into(buf, o + 4, total - 40)
         gso = GSO_TCPV6
-    _H.pack_into(pkt, ip_len + 16, _pseudo(pkt, v, 6, total - ip_len))
-    hdr = VNET_HDR.pack(F_NEEDS_CSUM, gso, hdr_len, fl.seg_size, ip_len, 16)
-    return hdr + bytes(pkt)
+        addr_sum = ones_sum(memoryview(buf)[o + 8 : o + 40])
+    _H.pack_into(buf, o + ip_len + 16, fold(addr_sum + 6 + total - ip_len))  # CHECKSUM_PARTIAL seed
+    VNET_HDR.pack_into(buf, 0, F_NEEDS_CSUM, gso, hdr_len, fl.seg_size, ip_len, 16)
+    return buf

@@ -66,10 +66,10 @@ def open_udp(
     family: int, address: str, port: int, *, nat_t: bool, mark: int | None, gro: bool = True, gso: bool = True
 ) -> UdpEndpoint:
     """Bind a UDP socket; the socket stays blocking (sends block = backpressure) and receives use
-    MSG_DONTWAIT so one poll loop can drain it."""
+    MSG_DONTWAIT so one poll loop can drain it.  No SO_REUSEADDR: for UDP it would let a second
+    socket (say, a stray IKE daemon) share 500/4500 and silently steal datagrams."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if mark is not None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from meshsec.agent.dataplane.udp import KIND_ESP, KIND_IKE, NON_ESP_MARKER, classify
+from meshsec.agent.dataplane.udp import KIND_ESP, KIND_IKE, NAT_KEEPALIVE, NON_ESP_MARKER, classify
 
 from .config import IkeConfig
 from .constants import IKE_PORT, NATT_PORT
@@ -51,6 +51,7 @@ class IkeAdapter:
         natt_port: int = NATT_PORT,
         on_event: Callable[[IkeSession, Event], None] | None = None,
         on_esp: Callable[[bytes, Addr], None] | None = None,
+        keepalive_interval: float | None = 20.0,
     ) -> None:
         self.responder = responder
         self.local_ip = local_ip
@@ -60,6 +61,8 @@ class IkeAdapter:
         self._ep: dict[int, _Endpoint] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.keepalive_interval = keepalive_interval
+        self._keepalive: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -68,10 +71,13 @@ class IkeAdapter:
                 lambda p=engine_port: _Endpoint(self, p), local_addr=(self.local_ip, bound)
             )
             self._ep[engine_port] = proto
+        if self.keepalive_interval:
+            self._keepalive = self._loop.call_later(self.keepalive_interval, self._send_keepalives)
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for handle in (self._timer, self._keepalive):
+            if handle is not None:
+                handle.cancel()
         for ep in self._ep.values():
             if ep.transport is not None:
                 ep.transport.close()
@@ -101,7 +107,11 @@ class IkeAdapter:
             if kind != KIND_IKE:
                 return  # NAT keepalive or runt
             data = data[len(NON_ESP_MARKER) :]
-        self.responder.receive(data, addr, self.now, local_port=engine_port)
+        try:
+            self.responder.receive(data, addr, self.now, local_port=engine_port)
+        except Exception:  # a bug must cost one datagram, not the daemon; fuzzing keeps this path cold
+            self.responder.stats["internal_error"] += 1
+            log.exception("IKE: internal error on a datagram from %s:%d (dropped)", addr[0], addr[1])
         self._flush()
 
     def _flush(self) -> None:
@@ -124,6 +134,15 @@ class IkeAdapter:
         when = self.responder.get_timer()
         if when is not None and self._loop is not None:
             self._timer = self._loop.call_at(when, self._fire)
+
+    def _send_keepalives(self) -> None:
+        """RFC 3948 §2.3: a host behind a NAT keeps its 4500 mapping alive with one 0xFF octet."""
+        ep = self._ep.get(NATT_PORT)
+        for s in self.responder.sessions:
+            if s.established and s.nat_local and s.remote is not None and ep and ep.transport:
+                ep.transport.sendto(NAT_KEEPALIVE, s.remote)
+        assert self._loop is not None and self.keepalive_interval
+        self._keepalive = self._loop.call_later(self.keepalive_interval, self._send_keepalives)
 
     def _fire(self) -> None:
         self._timer = None

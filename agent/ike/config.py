@@ -37,6 +37,7 @@ class IkeConfig:
     retransmit_tries: int = 5
     half_open_timeout: float = 30.0
     seed: int | None = None  # for the jitter RNG; tests pass one for determinism
+    initial_contact: bool = True  # tell the peer to drop SAs it still holds from our previous run
     # Certificate authentication (RFC 7427): sign with private_key and send cert_chain (leaf first);
     # verify peers against trust (certs.TrustStore) and revoked (certs.RevocationSet).
     private_key: Any = field(default=None, repr=False)

@@ -15,13 +15,8 @@ from typing import Any
 from . import auth, dh, peerauth
 from . import payloads as P
 from .constants import NATT_PORT, Exchange, Flag, Notify, Proto
-from .crypto import (
-    derive_ike_keys,
-    skeyseed,
-)
-from .events import (
-    IkeSaEstablished,
-)
+from .crypto import derive_ike_keys, skeyseed
+from .events import IkeSaEstablished
 from .message import Message, encode_plain
 from .proposals import ProposalError, Suite, check_answer, offer, select, suite
 from .sastate import GROUP, NONCE_LEN, Request, nat_hash, notify_name, suite_name
@@ -228,6 +223,8 @@ class EstablishMixin:
             self._fail(f"cannot compute our AUTH: {exc}", now)
             return
         pl += [*creds[:-1], *peerauth.certreqs(cfg), creds[-1]]
+        if cfg.initial_contact:
+            pl.append(P.Notify(Notify.INITIAL_CONTACT))
         if cfg.mode == "transport":
             pl.append(P.Notify(Notify.USE_TRANSPORT_MODE))
         tsi, tsr = tuple(cfg.local_ts), tuple(cfg.remote_ts)
@@ -290,6 +287,8 @@ class EstablishMixin:
             inner, self._ni, self._nr, now, ignore_dh=True, nonce=None
         )
         self._respond(sa, msg, [idr, *creds, *child_pl])
+        # RFC 7296 §2.4: the peer restarted; its older IKE SAs with us are stale (the dispatcher acts)
+        self.initial_contact = Notify.INITIAL_CONTACT in P.notifies(inner)
         self._established(now)
         self._child_result(child, reason, None)
 

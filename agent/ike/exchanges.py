@@ -15,18 +15,8 @@ from . import dh
 from . import payloads as P
 from .child import ChildSa, all_within, keymat_sizes, lowest_nonce_is_ours, narrow, split_keymat
 from .constants import Exchange, Notify, Proto
-from .crypto import (
-    child_keymat,
-    derive_ike_keys,
-    rekey_skeyseed,
-)
-from .events import (
-    ChildSaDeleted,
-    ChildSaFailed,
-    ChildSaRekeyed,
-    DpdRtt,
-    IkeSaRekeyed,
-)
+from .crypto import child_keymat, derive_ike_keys, rekey_skeyseed
+from .events import ChildSaDeleted, ChildSaFailed, ChildSaRekeyed, DpdRtt, IkeSaRekeyed
 from .message import Message
 from .proposals import ProposalError, Suite, check_answer, offer, select, suite
 from .sastate import GROUP, NONCE_LEN, IkeSaState, Request, notify_name
@@ -265,8 +255,11 @@ class ExchangesMixin:
         if isinstance(res, str):
             self._release_spi(ctx["spi_in"])
             if old is not None and old.spi_in in self.children and old.state == "rekeying":
-                old.state = "installed"
-                old.rekey_at = now + self._rng.uniform(5.0, 15.0)  # try again a little later
+                if old.collision is not None:  # the peer's rekey of it succeeded: the peer deletes it
+                    old.state = "rekeyed"
+                else:
+                    old.state = "installed"
+                    old.rekey_at = now + self._rng.uniform(5.0, 15.0)  # try again a little later
             self._child_result(None, res, None)
             return
         child = res
@@ -305,9 +298,12 @@ class ExchangesMixin:
         if Notify.REKEY_SA in n:
             spi = n[Notify.REKEY_SA].spi
             old = next((c for c in self.children.values() if c.spi_out == spi), None)
-            if old is None or old.state in ("deleting", "rekeyed"):
-                log.info("IKE %s: peer rekeys unknown/retiring Child SA %s", sa.name, spi.hex())
+            if old is None:  # §2.25.1
+                log.info("IKE %s: peer rekeys unknown Child SA %s", sa.name, spi.hex())
                 self._respond(sa, msg, [P.Notify(Notify.CHILD_SA_NOT_FOUND, Proto.ESP, spi)])
+                return
+            if old.state in ("deleting", "rekeyed"):  # §2.25.1: being closed by us
+                self._respond(sa, msg, [P.Notify(Notify.TEMPORARY_FAILURE)])
                 return
         nr = os.urandom(NONCE_LEN)
         ni = nonces[0].data
@@ -358,51 +354,73 @@ class ExchangesMixin:
                 st = suite(chosen)
                 if len(chosen.spi) != 8 or kes[0].group != ctx["dh"].group or st.dh_group != ctx["dh"].group:
                     why = "INVALID_SYNTAX: bad SPI size or KE group in IKE rekey response"
+        gir = b""
+        if why is None:
+            try:
+                gir = ctx["dh"].shared_secret(kes[0].data)
+            except dh.DhError as exc:
+                why = str(exc)
+        collision, self._ike_collision = self._ike_collision, None
         if why is not None:
+            if collision is not None:  # ours failed, the peer's rekey stands: it deletes the old SA
+                self._switch_to(collision[0], now)
+                return
             log.warning("IKE %s: IKE SA rekey failed: %s; retrying later", old.name, why)
             old.rekey_at = now + self._rng.uniform(5.0, 15.0)
             return
-        try:
-            gir = ctx["dh"].shared_secret(kes[0].data)
-        except dh.DhError as exc:
-            log.warning("IKE %s: IKE SA rekey failed: %s", old.name, exc)
-            old.rekey_at = now + self._rng.uniform(5.0, 15.0)
+        ours = IkeSaState(ctx["spi"], chosen.spi, initiator=True)
+        mine = (ctx["ni"], nonces[0].data)
+        self._derive_rekeyed(ours, st, gir, *mine, now)
+        if collision is not None and lowest_nonce_is_ours(mine, collision[1:]):
+            # §2.8.2: our new SA holds the lowest nonce, so it is redundant; we created it, we delete it.
+            # The peer's new SA survives and the peer deletes the old one.
+            log.info("IKE %s: simultaneous IKE rekey: ours is redundant (lowest nonce)", old.name)
+            self._switch_to(collision[0], now)
+            self.old_sas.append(ours)
+            self._delete_ike_sa(ours, now)
             return
-        new = IkeSaState(ctx["spi"], chosen.spi, initiator=True)
-        self._install_rekeyed(new, st, gir, ctx["ni"], nonces[0].data, now)
-        self._request(
-            old,
-            Request(Exchange.INFORMATIONAL, [P.Delete(Proto.IKE)], self._on_old_deleted, "delete-old"),
-            now,
-        )
+        self._switch_to(ours, now)
+        if collision is not None:  # the peer's new SA is redundant: the peer deletes it
+            log.info("IKE %s: simultaneous IKE rekey: ours survives", old.name)
+            self.old_sas.append(collision[0])
+        self._delete_ike_sa(old, now)
 
-    def _on_old_deleted(self, req: Request, msg: Message, inner: list[Any], now: float) -> None:
-        self.old_sa = None
+    def _delete_ike_sa(self, sa: IkeSaState, now: float) -> None:
+        """DELETE an old or redundant IKE SA on itself; forget it when answered."""
 
-    def _install_rekeyed(
+        def done(req: Request, msg: Message, inner: list[Any], now: float) -> None:
+            self._retire(sa)
+
+        self._request(sa, Request(Exchange.INFORMATIONAL, [P.Delete(Proto.IKE)], done, "delete-old"), now)
+
+    def _derive_rekeyed(
         self, new: IkeSaState, st: Suite, gir: bytes, ni: bytes, nr: bytes, now: float
     ) -> None:
+        """Keys of a rekeyed IKE SA: SKEYSEED from the OLD SA's SK_d and prf (§2.18)."""
         old = self.sa
         assert old.suite is not None and old.keys is not None and old.suite.prf_id is not None
         assert st.prf_id is not None
         seed = rekey_skeyseed(old.suite.prf_id, old.keys.sk_d, gir, ni, nr)
-        new.install(
-            st,
-            derive_ike_keys(
-                st.prf_id, seed, ni, nr, new.spi_i, new.spi_r, st.encr_id, st.key_bits, st.integ_id
-            ),
+        keys = derive_ike_keys(
+            st.prf_id, seed, ni, nr, new.spi_i, new.spi_r, st.encr_id, st.key_bits, st.integ_id
         )
+        new.install(st, keys)
         new.rekey_at, new.expire_at = self._ike_times(now)
+
+    def _switch_to(self, new: IkeSaState, now: float) -> None:
+        """Make `new` the IKE SA; the current one waits in old_sas for its DELETE."""
+        old = self.sa
         new.queue.extend(old.queue)
         old.queue.clear()
-        self.old_sa = old
+        self.old_sas.append(old)
         self.sa = new
         log.info("IKE %s: rekeyed, now %s", old.name, new.name)
         self._emit(IkeSaRekeyed(old.spi_i, old.spi_r, new.spi_i, new.spi_r))
+        self._pump(new, now)
 
     def _on_ike_rekey_request(self, sa: IkeSaState, msg: Message, inner: list[Any], now: float) -> None:
-        if sa is not self.sa or self.state != "established" or self._ike_rekeying:
-            # Simplification of §2.8.2: refuse a colliding IKE rekey; the loser retries after jitter.
+        if sa is not self.sa or self.state != "established" or self._ike_collision is not None:
+            # §2.25.2: an SA we are closing (or already replacing) is not rekeyed again
             self._respond(sa, msg, [P.Notify(Notify.TEMPORARY_FAILURE)])
             return
         sas, nonces, kes = P.find(inner, P.SA), P.find(inner, P.Nonce), P.find(inner, P.KE)
@@ -428,9 +446,12 @@ class ExchangesMixin:
             return
         nr = os.urandom(NONCE_LEN)
         self._respond(sa, msg, [P.SA((chosen,)), P.Nonce(nr), P.KE(x.group, x.public_bytes())])
-        self._install_rekeyed(
-            IkeSaState(theirs.spi, new_spi, initiator=False), st, gir, nonces[0].data, nr, now
-        )
+        theirs_sa = IkeSaState(theirs.spi, new_spi, initiator=False)
+        self._derive_rekeyed(theirs_sa, st, gir, nonces[0].data, nr, now)
+        if self._ike_rekeying:  # §2.8.2 collision: decide when our own rekey exchange completes
+            self._ike_collision = (theirs_sa, nonces[0].data, nr)
+        else:
+            self._switch_to(theirs_sa, now)
 
     # ------------------------------------------------------------------ INFORMATIONAL
     def _on_informational_request(self, sa: IkeSaState, msg: Message, inner: list[Any], now: float) -> None:
@@ -438,8 +459,8 @@ class ExchangesMixin:
         n = P.notifies(inner)
         if any(d.protocol == Proto.IKE for d in deletes):
             self._respond(sa, msg, [])
-            if sa is self.old_sa:
-                self.old_sa = None
+            if sa is not self.sa:
+                self._retire(sa)
             else:
                 self._close(now, "deleted by peer")
             return

@@ -9,6 +9,7 @@ and adds the non-ESP marker on 4500.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import Counter, deque
@@ -25,6 +26,7 @@ from .payloads import ParseError, notifies
 from .session import IkeSession
 
 log = logging.getLogger(__name__)
+TOMBSTONE_SECONDS = 60.0  # how long a finished SA's last response is kept for retransmitted requests
 
 
 class IkeResponder:
@@ -45,6 +47,11 @@ class IkeResponder:
         self._child_spis: set[bytes] = set()
         self._v1_logged: set[str] = set()
         self.stats: Counter[str] = Counter()
+        self._finished_stats: Counter[str] = Counter()
+        # finished SAs' last responses, so a retransmitted final request (e.g. an IKE_AUTH we refused
+        # with AUTHENTICATION_FAILED) still gets its answer: our SPI -> (forget at, request digest, response)
+        self._tombstones: dict[bytes, tuple[float, bytes, bytes, Addr, int]] = {}
+        self._now = now
 
     # ------------------------------------------------------------------ API
     def add(self, session: IkeSession) -> None:
@@ -65,6 +72,13 @@ class IkeResponder:
             return
         ours = h.spi_r if h.from_initiator else h.spi_i
         session = self._by_spi.get(ours) if any(ours) else None
+        self._now = now
+        if session is None and ours in self._tombstones and not h.is_response:
+            _, digest, response, dst, lport = self._tombstones[ours]
+            if hashlib.sha256(datagram).digest() == digest:
+                self.stats["retransmit_answered_after_close"] += 1
+                self._out.append((response, dst, lport))
+                return
         if session is None and h.exchange == Exchange.IKE_SA_INIT and h.from_initiator and not h.is_response:
             session = self._by_init.get((h.spi_i, addr))
             if session is None and not any(h.spi_r) and h.message_id == 0:
@@ -87,9 +101,14 @@ class IkeResponder:
         g = self.guard.next_deadline()
         if g is not None:
             times.append(g)
+        if self._tombstones:
+            times.append(min(v[0] for v in self._tombstones.values()))
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
+        for spi in [k for k, v in self._tombstones.items() if v[0] <= now]:
+            del self._tombstones[spi]
         for key in self.guard.expire(now):
             if isinstance(key, IkeSession):
                 key.abort(now, "half-open SA expired (no IKE_AUTH in time)")
@@ -99,6 +118,13 @@ class IkeResponder:
             if t is not None and t <= now:
                 s.handle_timer(now)
                 self.sync(s)
+
+    def counters(self) -> Counter[str]:
+        """Drops and retransmissions of the dispatcher and every session, past and present, for Report."""
+        total = self.stats + self._finished_stats
+        for s in self.sessions:
+            total.update(s.stats)
+        return total
 
     @property
     def half_open(self) -> int:
@@ -162,6 +188,15 @@ class IkeResponder:
         self.sync(session)
         return session
 
+    def _initial_contact(self, s: IkeSession) -> None:
+        """RFC 7296 §2.4: INITIAL_CONTACT means the peer kept no state, so every other IKE SA with the
+        same authenticated identity is stale: drop it (and its Child SAs) without a DELETE."""
+        s.initial_contact = False
+        for other in list(self.sessions):
+            if other is not s and other.peer_id == s.peer_id and not other.finished:
+                other.abort(self._now, "replaced: the peer restarted (INITIAL_CONTACT)")
+                self.sync(other)
+
     def sync(self, s: IkeSession) -> None:
         """Collect a session's datagrams/events and re-index its SPIs; call after driving it directly
         (rekey_child, delete, ...)."""
@@ -171,6 +206,8 @@ class IkeResponder:
             self._events.append((s, ev))
         if s.state != "half_open":
             self.guard.closed(s)
+        if s.initial_contact and s.established:
+            self._initial_contact(s)
         old = self._spis.get(id(s), [])
         new = [] if s.finished else s.local_spis
         for spi in old:
@@ -185,6 +222,12 @@ class IkeResponder:
             if key is not None and self._by_init.get(key) is s:
                 del self._by_init[key]
             self.sessions.remove(s)
+            self._finished_stats.update(s.stats)
+            # only for SAs that got past IKE_SA_INIT: expired half-open SAs need no tombstone
+            if s.sa.cache is not None and s.sa.cache[0] >= 1 and s.remote is not None:
+                _, digest, response = s.sa.cache
+                entry = (self._now + TOMBSTONE_SECONDS, digest, response, s.remote, s.local_port)
+                self._tombstones[s.sa.local_spi] = entry
 
     def _invalid_major(self, datagram: bytes, major: int, addr: Addr, local_port: int) -> None:
         self.stats["dropped_invalid_major_version"] += 1

@@ -17,14 +17,8 @@ from math import inf
 from typing import Any
 
 from .constants import Exchange, Notify
-from .crypto import (
-    IkeKeys,
-    SkCipher,
-    sk_ciphers,
-)
-from .events import (
-    Addr,
-)
+from .crypto import IkeKeys, SkCipher, sk_ciphers
+from .events import Addr
 from .message import Message
 from .proposals import Suite
 

@@ -28,18 +28,9 @@ from . import payloads as P
 from .child import ChildSa
 from .config import IkeConfig
 from .constants import IKE_PORT, NATT_PORT, Exchange, Flag, Notify, Proto, TransformType
-from .crypto import (
-    IntegrityError,
-)
+from .crypto import IntegrityError
 from .establish import EstablishMixin
-from .events import (
-    Addr,
-    ChildSaDeleted,
-    Event,
-    IkeSaDeleted,
-    IkeSaFailed,
-    PeerDead,
-)
+from .events import Addr, ChildSaDeleted, Event, IkeSaDeleted, IkeSaFailed, PeerDead
 from .exchanges import ExchangesMixin
 from .message import Message, decrypt_message, encode_encrypted, encode_plain, parse_message
 from .proposals import offer, parse_proposals
@@ -72,13 +63,16 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         self._rng = random.Random(config.seed)
         spi = self._new_ike_spi()
         self.sa = IkeSaState(spi, bytes(8), True) if initiator else IkeSaState(bytes(8), spi, False)
-        self.old_sa: IkeSaState | None = None
+        self.old_sas: list[IkeSaState] = []  # rekeyed-away SAs until their DELETE completes
+        # the peer's new IKE SA from a simultaneous IKE rekey (§2.8.2), with its nonces, until ours completes
+        self._ike_collision: tuple[IkeSaState, bytes, bytes] | None = None
         self.children: dict[bytes, ChildSa] = {}
         self.stats: Counter[str] = Counter()
         self.rtt_history: deque[float] = deque(maxlen=16)
         self.nat_local = False
         self.nat_remote = False
         self.peer_id: tuple[int, bytes] | None = None
+        self.initial_contact = False  # the peer sent INITIAL_CONTACT in IKE_AUTH (responder side)
         self.spi_alloc: Callable[[], bytes] = self._random_child_spi  # the dispatcher shares a host-wide one
         self.spi_free: Callable[[bytes], None] = lambda spi: None
         self._reserved: set[bytes] = set()
@@ -139,8 +133,8 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         if self.state in ERROR_STATES:
             return None
         t = [self._half_open_deadline]
-        for sa in (self.sa, self.old_sa):
-            if sa is not None and sa.pending is not None:
+        for sa in self._all_sas():
+            if sa.pending is not None:
                 t.append(sa.pending.deadline)
         if self.state == "established":
             t += [self.sa.rekey_at, self.sa.expire_at, self._dpd_deadline()]
@@ -161,8 +155,8 @@ class IkeSession(EstablishMixin, ExchangesMixin):
                 quiet=True,
             )
             return
-        for sa in (self.old_sa, self.sa):
-            if sa is not None and sa.pending is not None and now >= sa.pending.deadline:
+        for sa in self._all_sas():
+            if sa.pending is not None and now >= sa.pending.deadline:
                 self._retransmit(sa, now)
                 if self.state in ERROR_STATES:
                     return
@@ -256,7 +250,7 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         self._delete_children([child], now, "deleted locally")
 
     def abort(self, now: float, reason: str) -> None:
-        """Drop the SA without telling the peer (half-open expiry decided by the dispatcher)."""
+        """Drop the SA without telling the peer (half-open expiry, or replaced after INITIAL_CONTACT)."""
         self._fail(reason, now, quiet=True)
 
     def note_inbound_traffic(self, now: float) -> None:
@@ -278,7 +272,11 @@ class IkeSession(EstablishMixin, ExchangesMixin):
 
     @property
     def local_spis(self) -> list[bytes]:
-        return [sa.local_spi for sa in (self.sa, self.old_sa) if sa is not None]
+        return [sa.local_spi for sa in self._all_sas()]
+
+    def _all_sas(self) -> list[IkeSaState]:
+        extra = [self._ike_collision[0]] if self._ike_collision else []
+        return [self.sa, *self.old_sas, *extra]
 
     # ------------------------------------------------------------------ plumbing
     def _new_ike_spi(self) -> bytes:
@@ -292,6 +290,11 @@ class IkeSession(EstablishMixin, ExchangesMixin):
             spi = os.urandom(4)
             if int.from_bytes(spi, "big") >= 256 and spi not in self.children and spi not in self._reserved:
                 return spi
+
+    def _retire(self, sa: IkeSaState) -> None:
+        """An old or redundant IKE SA is gone (its DELETE completed or gave up)."""
+        if sa in self.old_sas:
+            self.old_sas.remove(sa)
 
     def _forget_child(self, c: ChildSa) -> bool:
         """Remove a Child SA and give its inbound SPI back; False if it was already gone."""
@@ -330,9 +333,7 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         self._out.append((raw, self.remote))
 
     def _sa_for(self, msg: Message) -> IkeSaState | None:
-        for sa in (self.sa, self.old_sa):
-            if sa is None:
-                continue
+        for sa in self._all_sas():
             if msg.spi_i == sa.spi_i and msg.spi_r == sa.spi_r:
                 return sa
             if msg.exchange == Exchange.IKE_SA_INIT and msg.spi_i == sa.spi_i and sa is self.sa:
@@ -395,8 +396,8 @@ class IkeSession(EstablishMixin, ExchangesMixin):
                     f"peer did not answer {Exchange(req.exchange).name} after {req.tries} retransmissions",
                     now,
                 )
-            elif sa is self.old_sa:
-                self.old_sa = None
+            elif sa is not self.sa:
+                self._retire(sa)
             elif self.state == "deleting":
                 self._close(now, "deleted locally (peer never confirmed)")
             else:

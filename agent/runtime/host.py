@@ -58,6 +58,18 @@ _ALL_SPECS = (
 )
 
 
+_COUNTER_FIELDS = (
+    "packets_in",
+    "packets_out",
+    "bytes_in",
+    "bytes_out",
+    "replay_drops",
+    "icv_failures",
+    "malformed",
+    "policy_drops",
+)
+
+
 @dataclass
 class RuntimeOptions:
     """Knobs of the host; the defaults are what a production agent uses."""
@@ -73,6 +85,10 @@ class RuntimeOptions:
     retry_min: float = 1.0
     retry_max: float = 30.0
     shutdown_timeout: float = 2.0  # how long close() waits for DELETE answers
+    # After a start, a designated responder waits this long for its initiators before it reaches out
+    # itself (with INITIAL_CONTACT, so a peer that kept SAs from our previous run drops them); the wait
+    # keeps a whole mesh starting at once from initiating every pair from both ends.
+    boot_contact_delay: float = 2.0
 
 
 @dataclass
@@ -102,6 +118,7 @@ class _Session:
     digest: str
     initiator: bool
     established_at: float | None = None
+    created_at: float = 0.0
     established_wall: float = 0.0
     spis: str = ""
     transform: str = ""
@@ -127,6 +144,7 @@ class _Session:
             state=state,
             initiator=self.initiator,
             established_at=self.established_at,
+            created_at=self.created_at,
             spis=self.spis,
             children=frozenset(c.name for c in self.children.values() if c.state != "retiring"),
             busy_children=frozenset(busy),
@@ -142,6 +160,7 @@ class _PeerState:
     dpd_rtt_us: int = 0
     rekeys: int = 0
     endpoint: tuple[str, int] | None = None
+    retired: dict[str, int] = field(default_factory=dict)  # counters of SAs already removed
 
 
 class AgentRuntime:
@@ -173,6 +192,8 @@ class AgentRuntime:
         self._closing = False
         self._credentials: mapping.Credentials | None = None
         self._nl = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netcfg")
+        self._boot_initiate: set[str] = set()  # agent peers we reach out to once after our start
+        self._boot_deadline = 0.0
 
     # ------------------------------------------------------------------ Reconciler protocol
     async def apply(self, config: config_pb2.NodeConfig) -> None:
@@ -181,7 +202,19 @@ class AgentRuntime:
         copy.CopyFrom(config)
         self.desired = copy
         if self._dp is None:
-            await self._start(copy)
+            try:
+                await self._start(copy)
+            except Exception as exc:  # reported, and tried again on the next apply()
+                line = f"cannot set up the data plane: {type(exc).__name__}: {exc}"
+                if line not in self.errors:
+                    self.errors.append(line)
+                self._tun = self._net = None
+                raise
+            self.errors = [e for e in self.errors if not e.startswith("cannot set up the data plane")]
+            self._boot_initiate = {
+                p.name for p in copy.peers if p.kind == spec_pb2.NODE_KIND_AGENT and p.endpoints
+            }
+            self._boot_deadline = self.clock() + self.opts.boot_contact_delay
         self._reconcile()
 
     def status(self) -> status_pb2.NodeStatus:
@@ -232,9 +265,11 @@ class AgentRuntime:
                 )
                 cs.established_at.FromNanoseconds(int(c.established_wall * 1e9))
                 _fill_counters(cs.counters, c)
-                for f in ("packets_in", "packets_out", "bytes_in", "bytes_out", "replay_drops",
-                          "icv_failures", "malformed", "policy_drops"):  # fmt: skip
+                for f in _COUNTER_FIELDS:
                     setattr(total, f, getattr(total, f) + getattr(cs.counters, f))
+        for ps in self._peers.values():
+            for f, v in ps.retired.items():
+                setattr(total, f, getattr(total, f) + v)
         if self._dp is not None:
             total.policy_drops += self._dp.counters.no_policy + self._dp.counters.no_sa
         return st
@@ -504,8 +539,9 @@ class AgentRuntime:
         entry = self._pending_cfg.pop(id(ike_session.config), None)
         if entry is None:
             return None
-        _, peer, digest, _ = entry
-        s = _Session(self._next_sid, peer, ike_session, digest, initiator=False)
+        _, peer, digest, created = entry
+        s = _Session(self._next_sid, peer, ike_session, digest, initiator=False, created_at=created)
+        self._boot_initiate.discard(peer)  # it came to us: no need to reach out
         self._next_sid += 1
         self._sessions[id(ike_session)] = s
         return s
@@ -543,7 +579,9 @@ class AgentRuntime:
             self._peer_error(name, str(exc))
             self._backoff(ps, now)
             return
-        s = _Session(self._next_sid, name, ike_s, plan.session_digest(peer, self.desired.local), True)
+        s = _Session(
+            self._next_sid, name, ike_s, plan.session_digest(peer, self.desired.local), True, created_at=now
+        )
         self._next_sid += 1
         self._sessions[id(ike_s)] = s
         log.info("peer %s: initiating IKE to %s:%d", name, remote[0], remote[1])
@@ -565,6 +603,7 @@ class AgentRuntime:
             sessions=tuple(s.view(now) for s in self._sessions.values() if not s.dead),
             routes=frozenset(self._routes),
             retry_at={k: v.retry_at for k, v in self._peers.items()},
+            also_initiate=frozenset(self._boot_initiate) if now >= self._boot_deadline else frozenset(),
         )
 
     def _reconcile(self) -> None:
@@ -673,6 +712,7 @@ class AgentRuntime:
             ps.backoff = 0.0
             ps.retry_at = 0.0
             ps.last_error = ""
+            self._boot_initiate.discard(s.peer)
             log.info("peer %s: IKE SA established (%s)", s.peer, event.proposal)
         elif isinstance(event, ev.ChildSaEstablished):
             self._install(s, event, now)
@@ -695,6 +735,8 @@ class AgentRuntime:
             if isinstance(event, ev.IkeSaFailed) or "deleted locally" not in event.reason:
                 self._peer_error(s.peer, event.reason)
             self._session_gone(s)
+            if s.initiator and s.established_at is None:
+                self._boot_initiate.discard(s.peer)  # the peer will come to us when it is back
             if s.initiator or isinstance(event, ev.IkeSaFailed):
                 self._backoff(ps, now)
 
@@ -800,13 +842,31 @@ class AgentRuntime:
         child = s.children.pop(spi_in, None)
         if child is None:
             return
+        retired = self._peers.setdefault(s.peer, _PeerState()).retired
+        done = status_pb2.Counters()
+        _fill_counters(done, child)
+        for f in _COUNTER_FIELDS:
+            retired[f] = retired.get(f, 0) + getattr(done, f)
         if self._out_owner.get(child.sa_id) == (s.sid, child.spi_out):
-            self._dp.remove_outbound_sa(child.sa_id)
-            del self._out_owner[child.sa_id]
+            heir = self._heir(child)
+            if heir is not None:  # another SA of the same child (duplicate IKE SA) takes over at once
+                self._switch_out(heir[0], heir[1])
+            else:
+                self._dp.remove_outbound_sa(child.sa_id)
+                del self._out_owner[child.sa_id]
         if self._loop is not None and not self._closing:
             self._loop.call_later(self.opts.rekey_grace, self._dp.remove_inbound_sa, child.spi_in)
         else:
             self._dp.remove_inbound_sa(child.spi_in)
+
+    def _heir(self, gone: _Child) -> tuple[_Session, _Child] | None:
+        for s in self._sessions.values():
+            if s.dead or s.ike.state != "established":
+                continue
+            for c in s.children.values():
+                if c is not gone and c.sa_id == gone.sa_id and c.state == "installed":
+                    return s, c
+        return None
 
     def _session_gone(self, s: _Session) -> None:
         for spi in list(s.children):

@@ -7,13 +7,13 @@ ESP state, only names, digests and states.  The host (host.py) executes the acti
 
 Rules, in words:
 - a peer we should initiate to (we are behind NAT, or the controller chose us and the peer is not
-  behind NAT) with no live session built from its current config gets StartIke, unless its retry
-  time has not come;
+  behind NAT; or once after our own start, see Actual.also_initiate) with no live session built from
+  its current config gets StartIke, unless its retry time has not come;
 - a session built from an older config is deleted once a session from the current config is
   established (make-before-break); a responder keeps a stale session until the initiator replaces it;
-- two established sessions from the same config: a collision (both set up within COLLISION_WINDOW)
-  keeps the one with the lowest SPIs, which both ends agree on; otherwise the peer restarted and the
-  newest wins;
+- two established sessions from the same config: if their set-ups overlapped (the newer one began
+  before the older one was established) both ends initiated at once, and the one with the lowest
+  SPIs stays, which both ends agree on; otherwise the peer restarted and the newest wins;
 - the IKE initiator creates missing children and either end deletes children no longer desired;
 - sessions with peers that are no longer desired are deleted;
 - routes: every remote traffic selector of every desired child is routed into the TUN, whether or
@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 
 from meshsec.api.v1 import config_pb2
 
-COLLISION_WINDOW = 5.0  # seconds: two SAs set up closer than this came from simultaneous initiation
-
 
 @dataclass(frozen=True)
 class SessionView:
@@ -42,6 +40,7 @@ class SessionView:
     state: str  # "connecting" | "established" | "deleting"
     initiator: bool
     established_at: float | None = None
+    created_at: float = 0.0
     spis: str = ""  # hex of SPIi || SPIr once known: the collision tie-break both ends can compute
     children: frozenset[str] = frozenset()  # names of installed children
     busy_children: frozenset[str] = frozenset()  # being created, or failed and waiting to retry
@@ -54,6 +53,9 @@ class Actual:
     sessions: tuple[SessionView, ...] = ()
     routes: frozenset[str] = frozenset()  # normalized CIDRs routed into the TUN
     retry_at: Mapping[str, float] = field(default_factory=dict)  # peer -> do not initiate before
+    # Peers we initiate to although they are the initiators: a restarted agent reaches its peers at
+    # once instead of waiting for their DPD to notice that its SAs are gone.
+    also_initiate: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,11 @@ def normalize_cidr(text: str) -> str:
 
 
 def _winner(established: list[SessionView]) -> SessionView:
-    newest = max(established, key=lambda s: (s.established_at or 0.0, s.sid))
-    oldest_t = min(s.established_at or 0.0 for s in established)
-    if (newest.established_at or 0.0) - oldest_t <= COLLISION_WINDOW:
-        return min(established, key=lambda s: (s.spis, s.sid))
+    ordered = sorted(established, key=lambda s: (s.established_at or 0.0, s.sid))
+    newest = ordered[-1]
+    overlapping = [s for s in ordered[:-1] if (s.established_at or 0.0) >= newest.created_at]
+    if overlapping:  # simultaneous initiation: a choice both ends make alike
+        return min([newest, *overlapping], key=lambda s: (s.spis, s.sid))
     return newest
 
 
@@ -161,7 +164,10 @@ def diff(desired: config_pb2.NodeConfig, actual: Actual, now: float) -> list[Act
         current = [s for s in live if s.digest == digest]
         stale = [s for s in live if s.digest != digest]
         established = [s for s in current if s.state == "established"]
-        if not current and should_initiate(peer, desired.local) and now >= actual.retry_at.get(name, 0.0):
+        initiate = should_initiate(peer, desired.local) or (
+            name in actual.also_initiate and bool(peer.endpoints) and not peer.behind_nat
+        )
+        if not current and initiate and now >= actual.retry_at.get(name, 0.0):
             actions.append(StartIke(name))
         keep: SessionView | None = None
         if established:

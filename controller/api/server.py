@@ -62,6 +62,7 @@ class ControllerConfig:
     node_cert_lifetime: dt.timedelta = dt.timedelta(days=30)
     etcd_client_port: int = 0
     etcd_peer_port: int = 0
+    singleton_jobs: bool = False  # run controller/jobs (gc, CA rotation) under the etcd election
 
 
 async def open_store(cfg: ControllerConfig) -> tuple[Store, EmbeddedEtcd | None]:
@@ -101,6 +102,7 @@ class Controller:
         self.embedded: EmbeddedEtcd | None = None
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._runner: object | None = None
 
     @property
     def address(self) -> str:
@@ -158,7 +160,9 @@ class Controller:
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.store, self.state, ca), server)
+        admin = AdminService(self.store, self.state, ca)
+        self._mount_lifecycle(admin, sealer)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (AGENT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -176,6 +180,11 @@ class Controller:
             await srv.start()
             self._servers.append(srv)
         self._tasks.append(asyncio.create_task(self._health(health_servicer), name="health"))
+        if self.cfg.singleton_jobs:
+            from meshsec.controller.jobs import SingletonRunner, standard_jobs
+
+            self._runner = SingletonRunner(self.store, self.cfg.replica, standard_jobs(self.store, sealer))
+            self._runner.start()  # type: ignore[attr-defined]
         main = [a for a in (self.port and self.address, self.cfg.socket and f"unix://{self.cfg.socket}") if a]
         enr = [
             a
@@ -214,7 +223,11 @@ class Controller:
                 for name in ("", AGENT_SERVICE, ADMIN_SERVICE):
                     await servicer.set(name, status)
                 if serving is not None:
-                    log.warning("health: %s", "serving" if now else "not serving (etcd unreachable)")
+                    log.log(
+                        logging.INFO if now else logging.WARNING,
+                        "health: %s",
+                        "serving" if now else "not serving (etcd unreachable)",
+                    )
                 serving = now
             if not self.state.ready.is_set():
                 with contextlib.suppress(TimeoutError):  # turn SERVING the moment the first read is in
@@ -222,7 +235,20 @@ class Controller:
             else:
                 await asyncio.sleep(1.0)
 
+    def _mount_lifecycle(self, admin: AdminService, sealer: Sealer) -> None:
+        """RevokeNode/RotateCA/GetCA live in lifecycle_service.py (another module's job) when present."""
+        try:
+            from meshsec.controller.api.lifecycle_service import LifecycleHandlers, mount
+        except ImportError:
+            return
+        assert self.store is not None and self.state is not None
+        mount(admin, LifecycleHandlers(self.store, sealer, self.state.is_revoked))
+
     async def stop(self, grace: float = 1.0) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await self._runner.close()  # type: ignore[attr-defined]
+            self._runner = None
         for srv in self._servers:
             await srv.stop(grace)
         self._servers.clear()

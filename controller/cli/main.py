@@ -122,6 +122,10 @@ def build_parser() -> Parser:
     _output_option(create)
     _connection_options(create, suppress=True)
     create.set_defaults(func=cmd_token_create)
+
+    from . import lifecycle  # node revoke, ca rotate|status
+
+    lifecycle.add_commands(node_sub, command, _connection_options, _output_option, _client)
     return parser
 
 

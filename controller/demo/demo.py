@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,23 +26,55 @@ from pathlib import Path
 from meshsec.api.v1 import admin_pb2
 from meshsec.controller.cli.client import Client
 from meshsec.controller.cli.errors import CliError
-from meshsec.controller.cli.settings import resolve
+from meshsec.controller.cli.settings import Settings
 
-from . import checks
-from .network import DemoNetwork, NetworkError
+from . import checks, traffic
+from .network import DemoNetwork, NetworkError, pid_alive
 from .plan import DemoPlan, make_plan
-from .procs import PY, Proc, ProcessFailed, in_namespace, run_in, stop_all
+from .procs import PY, Proc, ProcessFailed, clean_env, in_namespace, stop_all
 from .ui import StepFailed, Ui
 
+WORKDIR_PREFIX = "meshsec-demo-"  # + the demo's pid, so a later demo can tell a dead one's folder
 PINGS = 3  # echo requests per pair
-# The IKE + ESP runtime as a meshsec-agent reconciler.  Without it the agent only records its desired
-# state, and the demo stops at "every IKE and child SA up", saying so.
-RUNTIME = (
-    "meshsec.agent.runtime.host:reconciler"
-    if importlib.util.find_spec("meshsec.agent.runtime.host") is not None
-    else ""
-)
 IPERF_SECONDS = 2
+SETTLE = 1.0  # seconds every SA must stay up, in fresh reports, before the SA step passes
+
+
+def _runtime_reconciler() -> str:
+    """The IKE + ESP runtime as a `meshsec-agent --reconciler`, or "" when this install lacks it.
+
+    Without it the agent only records its desired state and the demo stops at "every IKE and child SA
+    up", saying so.  Looked up by file, not imported: importing it here would load the whole IKE and
+    data plane stack into the demo process for nothing.
+    """
+    spec = importlib.util.find_spec("meshsec.agent.runtime")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    found = any((Path(loc) / "host.py").exists() for loc in locations)
+    return "meshsec.agent.runtime.host:reconciler" if found else ""
+
+
+def remove_stale_workdirs() -> list[Path]:
+    """Delete keys, certificates and etcd data left by demos that were SIGKILLed; keep their logs.
+
+    A demo that fails removes those itself and keeps only its logs, so this is only for demos that
+    could not clean up.  Returns the folders it cleaned.
+    """
+    cleaned = []
+    for d in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        m = re.match(rf"{WORKDIR_PREFIX}(\d+)-", d.name)
+        if not m or not d.is_dir() or pid_alive(int(m.group(1))):
+            continue
+        leftovers = [c for c in d.iterdir() if c.name != "logs"]
+        for c in leftovers:
+            shutil.rmtree(c, ignore_errors=True) if c.is_dir() else c.unlink(missing_ok=True)
+        if leftovers:
+            cleaned.append(d)
+    return cleaned
+
+
+def _reported(status: admin_pb2.GetStatusResponse) -> dict[str, float]:
+    """node -> when it last reported (wall clock seconds)."""
+    return {n.node: n.reported_at.ToSeconds() + n.reported_at.nanos / 1e9 for n in status.nodes}
 
 
 def _n(count: int, noun: str) -> str:
@@ -63,7 +97,7 @@ class Demo:
         self.ui = ui
         self.plan: DemoPlan = make_plan(opts.nodes)
         self.net = DemoNetwork(self.plan)
-        self.workdir = Path(tempfile.mkdtemp(prefix="meshsec-demo-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         self.logs = self.workdir / "logs"
         self.logs.mkdir()
         self.state = self.workdir / "controller"
@@ -109,6 +143,7 @@ class Demo:
                 text=True,
                 timeout=self.opts.timeout,
                 check=False,
+                env=clean_env(),
             )
             log.write_text(init.stdout + init.stderr)
             if init.returncode != 0:
@@ -122,15 +157,21 @@ class Demo:
             except ProcessFailed as exc:
                 raise StepFailed(str(exc), exc.log) from None
             try:
-                self.client = Client(resolve(None, None, None, None, str(self.meshctl_config)), 10.0)
+                self.client = Client(Settings(f"unix://{self.socket}", *self._admin_files()), 10.0)
             except CliError as exc:
                 raise StepFailed(f"admin client: {exc.message}", log) from None
             s.detail = f"gRPC on unix://{self.socket}, etcd on {m.group(1)}"
+
+    def _admin_files(self) -> tuple[Path, Path, Path]:
+        """The admin CA, certificate and key that `meshsec-controller init` wrote."""
+        admin = self.state / "admin"
+        return admin / "ca.pem", admin / "admin.pem", admin / "admin-key.pem"
 
     def _controller_cmd(self, verb: str) -> list[str]:
         cmd = [
             PY, "-m", "meshsec.controller.main", verb,
             "--state-dir", str(self.state),
+            "--etcd", "",  # embedded
             "--socket", str(self.socket),
         ]  # fmt: skip
         if verb == "serve":
@@ -181,8 +222,9 @@ class Demo:
                     "--report-interval", "1",
                     "--backoff-max", "2",
                 ]  # fmt: skip
-                if RUNTIME:
-                    cmd += ["--reconciler", RUNTIME]
+                runtime = _runtime_reconciler()
+                if runtime:
+                    cmd += ["--reconciler", runtime]
                 env = {
                     "MESHSEC_TOKEN": tok.token,  # in the environment, not in argv (ps shows argv)
                     "MESHSEC_CA_HASH": tok.ca_cert_sha256,
@@ -242,11 +284,17 @@ class Demo:
         ike, child = checks.count_sas(self.expected)
         with self.ui.step("every IKE and child SA up") as s:
             deadline = time.monotonic() + self.opts.timeout
+            up_since: float | None = None  # wall clock when every SA was first seen up
             while True:
                 self._check_agents_alive()
-                problems = checks.sa_problems(self.expected, self._status())
-                if not problems:
-                    break
+                status = self._status()
+                problems = checks.sa_problems(self.expected, status)
+                if problems:
+                    up_since = None
+                elif up_since is None:
+                    up_since = time.time()
+                elif min(_reported(status).values()) > up_since + SETTLE:
+                    break  # still all up in reports made SETTLE seconds later: not a passing glimpse
                 if time.monotonic() > deadline:
                     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
                     first = problems[0]
@@ -254,7 +302,7 @@ class Demo:
                         f"not up after {self.opts.timeout:.0f}s: {first.text}{more}",
                         self.agents[first.node].log,
                     )
-                time.sleep(0.5)
+                time.sleep(0.3)
             s.detail = f"{_n(ike, 'IKE SA')}, {_n(child, 'child SA pair')}, as every agent reports them"
 
     def _fresh_status(self, after: float, timeout: float = 6.0) -> admin_pb2.GetStatusResponse:
@@ -262,7 +310,7 @@ class Demo:
         deadline = time.monotonic() + timeout
         while True:
             st = self._status()
-            reported = {n.node: n.reported_at.ToSeconds() + n.reported_at.nanos / 1e9 for n in st.nodes}
+            reported = _reported(st)
             stale = [n for n in self.agents if reported.get(n, 0.0) < after]
             if not stale:
                 return st
@@ -280,45 +328,22 @@ class Demo:
         pairs = self.plan.ping_pairs()
         with self.ui.step("ping matrix") as s:
             before = checks.child_counters(self._status())
-            started = []
-            for src, dst, addr, child in pairs:
-                cmd = ["ping", "-n", "-q", "-c", str(PINGS), "-i", "0.2", "-W", "2", addr]
-                p = subprocess.Popen(
-                    in_namespace(self.net.ns(src), cmd),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    start_new_session=True,
-                )
-                started.append((src, dst, child, p))
-            results = {}
-            for src, dst, child, p in started:
-                try:
-                    out, _ = p.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    out, _ = p.communicate()
-                results[(src, dst)] = (child, checks.ping_received(out or ""), out or "")
-            done = time.time()
-            after = checks.child_counters(self._fresh_status(done))
+            outputs = traffic.ping_all([(self.net.ns(src), addr) for src, _, addr, _ in pairs], PINGS)
+            after = checks.child_counters(self._fresh_status(time.time()))
             cells: dict[tuple[str, str], tuple[bool, str]] = {}
             failures = []
-            for (src, dst), (child, (_sent, got), out) in results.items():
+            for (src, dst, _, child), out in zip(pairs, outputs, strict=True):
                 a, b = self._sender_host(src), self._sender_host(dst)
+                _, got = checks.ping_received(out)
                 if got < PINGS:
-                    why = f"{got}/{PINGS} replies" if "transmitted" in out else out.strip().splitlines()[-1:]
+                    last = (out.strip().splitlines() or ["no output"])[-1]
+                    extra = "" if "transmitted" in last else f" ({last})"  # e.g. "Network is unreachable"
                     cells[(src, dst)] = (False, f"✗ {got}/{PINGS}")
-                    failures.append((a, f"{src} → {dst}: {why}"))
+                    failures.append((a, f"{src} → {dst}: {got}/{PINGS} replies{extra}"))
                 elif not checks.through_esp(before, after, a, b, child, PINGS):
                     cells[(src, dst)] = (False, "✗ clear")
-                    failures.append(
-                        (
-                            a,
-                            f"{src} → {dst}: answered, but not through ESP "
-                            f"(child SA {child!r} {a} → {b} counted no packets)",
-                        )
-                    )
+                    why = f"answered, but not through ESP (child SA {child!r} {a} → {b} counted no packets)"
+                    failures.append((a, f"{src} → {dst}: {why}"))
                 else:
                     cells[(src, dst)] = (True, f"✓ {got}/{PINGS}")
             hosts = [h.name for h in self.plan.hosts]
@@ -329,32 +354,24 @@ class Demo:
                 node, text = failures[0]
                 more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
                 raise StepFailed(
-                    f"{len(failures)} of {len(results)} failed: {text}{more}", self.agents[node].log
+                    f"{len(failures)} of {len(pairs)} failed: {text}{more}", self.agents[node].log
                 )
-            s.detail = f"all {len(results)} pairs answered, every one through its ESP SA"
+            s.detail = f"all {len(pairs)} pairs answered, every one through its ESP SA"
 
     def step_iperf(self) -> None:
-        if len(self.plan.lans) < 2:
-            return
         a, b = self.plan.lans[0], self.plan.lans[1]
         addr = b.address.split("/")[0]
         with self.ui.step(f"iperf3 {a.name} → {b.name}") as s:
-            server = Proc(
-                "iperf3 server",
-                in_namespace(self.net.ns(b.name), ["iperf3", "-s", "-1", "-B", addr]),
+            result = traffic.iperf(
+                self.net.ns(a.name),
+                self.net.ns(b.name),
+                addr,
+                IPERF_SECONDS,
                 self.logs / "iperf3-server.log",
+                self.helpers,
             )
-            self.helpers.append(server)
-            cmd = ["iperf3", "-c", addr, "-t", str(IPERF_SECONDS), "-J", "--connect-timeout", "2000"]
-            deadline = time.monotonic() + 10
-            while True:
-                res = run_in(self.net.ns(a.name), cmd, timeout=IPERF_SECONDS + 20)
-                result = checks.iperf_result(res.stdout)
-                if result.ok or time.monotonic() > deadline or "refused" not in result.error:
-                    break
-                time.sleep(0.3)  # the server is not listening yet
             if not result.ok:
-                raise StepFailed(f"{result.error}", self.agents[a.gateway].log)
+                raise StepFailed(f"iperf3: {result.error}", self.agents[a.gateway].log)
             s.detail = (
                 f"{result.bits_per_second / 1e6:.0f} Mbit/s through the {a.gateway} ⇄ {b.gateway} tunnel "
                 f"({result.bytes / 1e6:.0f} MB in {IPERF_SECONDS}s)"
@@ -362,13 +379,21 @@ class Demo:
 
     def step_status(self) -> None:
         with self.ui.step("meshctl status"):
+            ca, cert, key = self._admin_files()
+            cmd = [
+                PY, "-m", "meshsec.controller.cli.main",  # meshctl, whatever PATH sudo gives us
+                "--controller", f"unix://{self.socket}",
+                "--ca", str(ca), "--cert", str(cert), "--key", str(key),
+                "status",
+            ]  # fmt: skip
             res = subprocess.run(
-                ["meshctl", "--config", str(self.meshctl_config), "status"],
+                cmd,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
                 timeout=30,
                 check=False,
+                env=clean_env(),
             )
             if res.returncode != 0:
                 raise StepFailed(f"meshctl status exited {res.returncode}: {res.stderr.strip()}")

@@ -13,10 +13,11 @@ import argparse
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from types import FrameType
 
-from .demo import Demo, Options
+from .demo import Demo, Options, remove_stale_workdirs
 from .network import remove_stale
 from .plan import MAX_NODES, MIN_NODES
 from .preflight import problems
@@ -91,17 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     ui = Ui()
+    if not MIN_NODES <= args.nodes <= MAX_NODES:
+        ui.line(f"meshsec demo: --nodes must be between {MIN_NODES} and {MAX_NODES}", "bold red")
+        return 2
+    if args.timeout <= 0 or (args.duration is not None and args.duration < 0):
+        ui.line("meshsec demo: --timeout must be positive and --duration not negative", "bold red")
+        return 2
     refused = problems()
     if refused:
         for text in refused:
             ui.line(f"meshsec demo: {text}", "bold red")
         return 3
-    if not MIN_NODES <= args.nodes <= MAX_NODES:
-        ui.line(f"meshsec demo: --nodes must be between {MIN_NODES} and {MAX_NODES}", "bold red")
-        return 2
     stale = remove_stale()
-    if stale:
-        ui.line(f"removed {len(stale)} namespaces left by a demo that was killed")
+    dirs = remove_stale_workdirs()
+    if stale or dirs:
+        ui.line(f"cleaned up after a demo that was killed: {len(stale)} namespaces, {len(dirs)} work dirs")
     demo = Demo(Options(args.nodes, args.duration, args.timeout, args.keep_logs), ui)
     ui.line(f"meshsec demo: {args.nodes} hosts, 2 site LANs; work dir {demo.workdir}", "bold")
     failed, code = True, 1
@@ -114,8 +119,11 @@ def run_demo(args: argparse.Namespace) -> int:
         name = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else str(exc)
         ui.line(f"{name}: stopping")
         failed, code = (False, 0) if demo.ready else (False, 130)
-    except Exception as exc:  # a bug: still clean up, and say where
+    except Exception as exc:  # a bug: still clean up, and keep the traceback for the report
+        trace = demo.logs / "demo-traceback.log"
+        trace.write_text(traceback.format_exc())
         ui.line(f"{FAIL} internal error: {type(exc).__name__}: {exc}", "bold red")
+        ui.line(f"  log: {trace}", "red")
     finally:
         held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
         signal.pthread_sigmask(signal.SIG_BLOCK, held)

@@ -64,7 +64,7 @@ def _sysctl_in(namespace: str, key: str, value: str) -> None:
         raise NetworkError(f"{namespace}: sysctl {key}={value}: {failure[0]}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -115,7 +115,7 @@ def remove_stale() -> list[str]:
     stale = []
     for name in netns.listnetns():
         m = _NAME.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             stale.append(name)
     kill_and_remove(stale)
     return stale

@@ -37,6 +37,17 @@ def in_namespace(namespace: str | None, cmd: Sequence[str]) -> list[str]:
     return [PY, "-m", "meshsec.controller.demo.nsexec", namespace or ROOT, str(os.getpid()), "--", *cmd]
 
 
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment without MESHSEC_*/MESHCTL_* settings, plus `extra`.
+
+    The controller, agents and meshctl read their defaults from such variables; one left over in the
+    user's shell (MESHSEC_ETCD, say) must not point the demo at a real deployment.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESHSEC_", "MESHCTL_"))}
+    env.update(extra or {})
+    return env
+
+
 class Proc:
     """One long-running child; output (stdout and stderr) goes to `log`."""
 
@@ -45,7 +56,7 @@ class Proc:
     ) -> None:
         self.name = name
         self.log = log
-        full_env = {**os.environ, **(env or {})}
+        full_env = clean_env(env)
         with log.open("ab") as out:
             self.popen = subprocess.Popen(
                 list(argv),

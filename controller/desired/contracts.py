@@ -1,8 +1,9 @@
 """Adapters to the colleague-owned spec loader and compiler, with minimal stand-ins until they exist.
 
-Owns nothing but the seam: `load_spec`, `SpecInvalid`, `compile_mesh`, `diff` and `plan` come from
-meshsec.controller.spec / meshsec.controller.compiler when those provide them; otherwise the stand-ins
-below (full mesh of every agent node, whole-peer diffs) keep the control plane testable.  Never edit
+Owns nothing but the seam: `load_spec`, `SpecInvalid`, `compile_mesh`, `MeshCompiler`, `Credentials`,
+`diff` and `plan` come from meshsec.controller.spec / meshsec.controller.compiler when those provide
+them; otherwise the stand-ins below (full mesh of every agent node, whole-peer diffs, a compiler that
+recompiles everything) keep the control plane testable.  Never edit
 controller/spec or controller/compiler from here.
 """
 
@@ -178,6 +179,37 @@ def plan(old: spec_pb2.MeshSpec, new: spec_pb2.MeshSpec, creds: Any) -> list[adm
     if _plan is not None:
         return list(_plan(old, new, compiler_credentials(creds)))
     return _standin_plan(compile_configs(old, creds), compile_configs(new, creds))
+
+
+class _FullCompiler:
+    """Stand-in with MeshCompiler's surface: recompiles everything, reports the agents that changed."""
+
+    def __init__(self, creds: Any) -> None:
+        self.creds = creds
+        self._configs: dict[str, config_pb2.NodeConfig] = {}
+
+    def update(self, spec: spec_pb2.MeshSpec, creds: Any = None) -> set[str]:
+        if creds is not None:
+            self.creds = creds
+        new = compile_mesh(spec, self.creds)
+        changed = {n for n in new.keys() | self._configs.keys() if new.get(n) != self._configs.get(n)}
+        self._configs = new
+        return changed
+
+    def config(self, name: str) -> config_pb2.NodeConfig:
+        out = config_pb2.NodeConfig()
+        out.CopyFrom(self._configs[name])  # KeyError: not an agent (any more)
+        return out
+
+
+_MeshCompiler = _optional("meshsec.controller.compiler", "MeshCompiler")
+
+
+def new_compiler(creds: Any) -> Any:
+    """An incremental compiler: `update(spec, creds) -> changed agents`, `config(name)` (KeyError if none)."""
+    if _MeshCompiler is not None and compile_mesh is not _standin_compile_mesh:
+        return _MeshCompiler(compiler_credentials(creds))
+    return _FullCompiler(compiler_credentials(creds))
 
 
 def spec_errors(exc: Exception) -> list[admin_pb2.SpecError]:

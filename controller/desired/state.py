@@ -5,8 +5,11 @@ this replica has seen (or the revision of its initial read); every node's curren
 An etcd watch keeps the view current, so a write made through any replica reaches this replica's Sync
 streams within the watch latency; a compacted watch (or an etcd outage) ends in a full re-read.
 
-For resumes, a bounded history of compiled meshes answers "what did the agent hold at version v";
-older versions are recompiled from etcd's MVCC history at v, and only a compacted v forces a snapshot.
+Compilation is incremental (the compiler reports which agents a change touches; only those configs
+are rebuilt, in a worker thread so streams keep flowing).  For resumes, a base (every config at one
+version) plus a bounded list of per-change entries (only the configs that changed) answers "what did
+the agent hold at version v"; versions older than the base are recompiled from etcd's MVCC history at
+v, and only a compacted v forces a snapshot.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import logging
 
 from meshsec.api.v1 import config_pb2, spec_pb2
 from meshsec.controller.ca.kek import Sealer
-from meshsec.controller.desired.contracts import compile_configs
+from meshsec.controller.desired.contracts import compile_configs, compiler_credentials, new_compiler
 from meshsec.controller.desired.inputs import Credentials, Inputs, load_inputs
 from meshsec.controller.store import Compacted, Keys, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 Configs = dict[str, config_pb2.NodeConfig]
+Changes = dict[str, config_pb2.NodeConfig | None]  # None: the agent is gone
 
 
 def empty_config(node: str) -> config_pb2.NodeConfig:
@@ -42,7 +46,10 @@ class DesiredState:
         self.version = 0  # revision of the last compile-input change
         self.inputs: Inputs | None = None
         self.configs: Configs = {}
-        self._history: collections.deque[tuple[int, Configs]] = collections.deque(maxlen=history)
+        self._compiler: object | None = None
+        self._base: tuple[int, Configs] = (0, {})  # every config at one version
+        self._history: collections.deque[tuple[int, Changes]] = collections.deque()  # newer changes
+        self._history_len = history
         self._digest = ""
         self._cond = asyncio.Condition()
         self._old_cache: collections.OrderedDict[int, Configs] = collections.OrderedDict()
@@ -97,9 +104,12 @@ class DesiredState:
             return None  # from the future (another etcd?) or this replica lags badly
         if version >= self.version:
             return self.content(node)
-        older = [(v, c) for v, c in self._history if v <= version]
-        if older and self._history[0][0] <= version:
-            return self.content(node, older[-1][1])
+        base_version, base = self._base
+        if self._compiler is not None and base_version <= version:
+            for changed_at, changes in reversed(self._history):
+                if changed_at <= version and node in changes:
+                    return changes[node] or empty_config(node)
+            return self.content(node, base)
         configs = self._old_cache.get(version)
         if configs is None:
             try:
@@ -119,24 +129,68 @@ class DesiredState:
         return self.content(node, configs)
 
     # -- keeping current -------------------------------------------------------------------------
+    @staticmethod
+    def _compile(compiler: object | None, inputs: Inputs) -> tuple[object, Changes]:
+        """Run in a worker thread: update (or build) the compiler, return it and the changed configs."""
+        if compiler is None:
+            compiler = new_compiler(inputs.creds)
+            changed = compiler.update(inputs.spec)  # type: ignore[attr-defined]
+        else:
+            changed = compiler.update(inputs.spec, compiler_credentials(inputs.creds))  # type: ignore[attr-defined]
+        out: Changes = {}
+        for name in sorted(changed):
+            try:
+                out[name] = compiler.config(name)  # type: ignore[attr-defined]
+            except KeyError:
+                out[name] = None
+        return compiler, out
+
     async def _install(self, inputs: Inputs) -> None:
         digest = inputs.digest()
-        if digest != self._digest or not self._history:
+        if digest != self._digest:
             self._digest = digest
+            first = self._compiler is None
             try:
-                configs = compile_configs(inputs.spec, inputs.creds)
+                # The thread owns the compiler meanwhile; readers only see it once it is consistent.
+                compiler, changes = await asyncio.to_thread(self._compile, self._compiler, inputs)
             except Exception:  # a compiler bug: keep serving the last good state, say so once
                 log.exception(
                     "cannot compile the spec at revision %d; serving version %d",
                     inputs.revision,
                     self.version,
                 )
+                self._compiler = None  # its state is unknown now: rebuild from scratch next time
+                self._digest = ""
             else:
-                self.configs = configs
-                self.version = inputs.revision
-                self._history.append((inputs.revision, configs))
+                self._compiler = compiler
+                if first or changes:
+                    configs = {} if first else dict(self.configs)  # a new compiler reports every agent
+                    for name, cfg in changes.items():
+                        if cfg is None:
+                            configs.pop(name, None)
+                        else:
+                            configs[name] = cfg
+                    self.configs = configs
+                    self.version = inputs.revision
+                    if first:
+                        self._base, self._history = (inputs.revision, configs), collections.deque()
+                    else:
+                        self._remember(inputs.revision, changes)
         self.inputs = inputs
         await self._advance(inputs.revision)
+
+    def _remember(self, version: int, changes: Changes) -> None:
+        """Append a change; fold the oldest into the base beyond the history length."""
+        self._history.append((version, changes))
+        while len(self._history) > self._history_len:
+            old_version, old = self._history.popleft()
+            base = dict(self._base[1])
+            for name, cfg in old.items():
+                if cfg is None:
+                    base.pop(name, None)
+                else:
+                    base[name] = cfg
+            self._base = (old_version, base)
 
     async def _advance(self, revision: int) -> None:
         async with self._cond:

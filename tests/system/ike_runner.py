@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-
 from meshsec.agent.ike.adapter import IkeAdapter
 from meshsec.agent.ike.certs import TrustStore, load_pem_certificates
 from meshsec.agent.ike.config import IkeConfig, fqdn
@@ -42,6 +41,7 @@ def _config(c: dict[str, Any]) -> IkeConfig:
         local_ts=[TrafficSelector.from_cidr(x) for x in c["local_ts"]],
         remote_ts=[TrafficSelector.from_cidr(x) for x in c["remote_ts"]],
         mode=c.get("mode", "tunnel"),
+        dpd_interval=c.get("dpd_interval", 30.0),
         **extra,
     )
 

@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -86,10 +87,9 @@ def _iperf(client: Namespace, server: Namespace, dst: str, nbytes: str = "20M") 
         srv.wait(timeout=10)
 
 
-def _ping(ns: Namespace, dst: str, count: int = 3, src: str | None = None) -> None:
-    args = ["ping", "-c", str(count), "-i", "0.2", "-W", "2", *(["-I", src] if src else []), dst]
-    r = ns.run(*args, check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
+def _ping(ns: Namespace, dst: str, count: int = 3, *agents: AgentProc) -> None:
+    r = ns.run("ping", "-c", str(count), "-i", "0.2", "-W", "2", dst, check=False)
+    assert r.returncode == 0, "\n".join([r.stdout + r.stderr, *(f"{g.status()}\n{g.log_tail()}" for g in agents)])
 
 
 @pytest.mark.parametrize("auth", ["psk", "cert"])
@@ -140,8 +140,6 @@ def test_rekeys_under_100pps_ping_lose_nothing(lab: tuple[Topology, str]) -> Non
     ag_a.wait_up("b")
     ag_b.wait_up("a")
     ping = a.popen(["ping", "-c", "600", "-i", "0.01", "-W", "1", B_IN], stdout=subprocess.PIPE, text=True)
-    import time
-
     spi0 = ag_a.children("b")[0]["spiIn"]
     for agent, sig in (
         (ag_a, signal.SIGUSR1),
@@ -173,3 +171,70 @@ def test_dpd_notices_vanished_peer(lab: tuple[Topology, str]) -> None:
     wait(lambda: int(ag_a.peer_status("b").get("dpdRttUs", 0)) > 0, 5.0, "a DPD round trip")
     ag_b.proc.kill()  # type: ignore[union-attr]  # vanishes without DELETE
     wait(lambda: "dead" in ag_a.peer_status("b").get("lastError", ""), 12.0, "DPD to declare b dead")
+
+
+@pytest.mark.parametrize("victim", ["initiator", "responder"])
+def test_sigkilled_agent_restarts_and_tunnel_is_back(lab: tuple[Topology, str], victim: str) -> None:
+    """After SIGKILL (no DELETE, stale policy rule left behind) a restarted agent has its SA back in
+    seconds, whether it initiates or responds: a restarted responder reaches out once by itself."""
+    topo, workdir = lab
+    a, _b, ag_a, ag_b = _tunnel_pair(topo, workdir)
+    ag_a.wait_up("b")
+    ag_b.wait_up("a")
+    dead, other, other_peer = (ag_a, ag_b, "a") if victim == "initiator" else (ag_b, ag_a, "b")
+    old_spi = other.children(other_peer)[0]["spiIn"]
+    assert dead.proc is not None
+    dead.proc.kill()
+    dead.proc.wait(timeout=5)
+    t0 = time.monotonic()
+    dead.start()
+    dead.wait_up("b" if dead is ag_a else "a", timeout=10)
+    wait(
+        lambda: other.children(other_peer) and other.children(other_peer)[0]["spiIn"] != old_spi, 10, "new SA"
+    )
+    assert time.monotonic() - t0 < 5.0 + 3.0  # agent start-up included
+    _ping(a, B_IN)
+    ests = [p for p in other.status()["peers"] if p["ikeState"] == "IKE_SA_STATE_ESTABLISHED"]
+    assert len(ests) == 1
+
+
+def test_reconfigure_by_file_crypto_change_removal_and_return(lab: tuple[Topology, str]) -> None:
+    """SIGHUP re-reads the NodeConfig: changed ESP proposals replace the SA make-before-break under a
+    100 pps ping; a removed peer gets DELETE (and its route goes); putting it back brings the SA back."""
+    topo, workdir = lab
+    a, _b, ag_a, ag_b = _tunnel_pair(topo, workdir)
+    ag_a.wait_up("b")
+    ag_b.wait_up("a")
+
+    def configs(esp: str) -> tuple[object, object]:
+        pa = peer("b", endpoint=B_UL, local_ts=[A_NET], remote_ts=[B_NET], esp_proposals=[esp])
+        pb = peer(
+            "a", endpoint=A_UL, local_ts=[B_NET], remote_ts=[A_NET], esp_proposals=[esp], initiate=False
+        )
+        return node("a", [pa]), node("b", [pb])
+
+    ping = a.popen(["ping", "-c", "400", "-i", "0.01", "-W", "1", B_IN], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    cfg_a, cfg_b = configs("chacha20poly1305")
+    ag_b.write_config(cfg_b)  # type: ignore[arg-type]
+    ag_b.signal(signal.SIGHUP)
+    time.sleep(0.3)
+    ag_a.write_config(cfg_a)  # type: ignore[arg-type]
+    ag_a.signal(signal.SIGHUP)
+    wait(lambda: [c["transform"] for c in ag_a.children("b")] == ["chacha20poly1305"], 10, "the new SA")
+    out, _ = ping.communicate(timeout=30)
+    assert " 0% packet loss" in out, out[-400:] + ag_a.log_tail() + ag_b.log_tail()
+    wait(lambda: [c["transform"] for c in ag_b.children("a")] == ["chacha20poly1305"], 5, "old SA gone at b")
+
+    ag_a.write_config(node("a", []))
+    ag_a.signal(signal.SIGHUP)
+    wait(lambda: ag_b.peer_status("a").get("ikeState") != "IKE_SA_STATE_ESTABLISHED", 5, "DELETE at b")
+    wait(
+        lambda: "198.19.2.0/24" not in a.run("ip", "route", "show", "table", "all").stdout, 5, "route removed"
+    )
+    assert a.run("ping", "-c", "1", "-W", "1", B_IN, check=False).returncode != 0
+
+    ag_a.write_config(cfg_a)  # type: ignore[arg-type]
+    ag_a.signal(signal.SIGHUP)
+    ag_a.wait_up("b")
+    _ping(a, B_IN, 3, ag_a, ag_b)

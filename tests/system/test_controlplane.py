@@ -104,7 +104,7 @@ def test_controller_killed_agent_stays_static_then_resumes_with_a_delta(tmp_path
         assert "sync: snapshot" not in log  # resumed without a full resync
         assert "Traceback" not in log + agent.log()
         assert len(re.findall("unreachable", log)) <= 2  # one line, not a flood
-        cfg = cached(agent_dir)
+        cfg = cached(agent_dir)  # written before the log line
         assert cfg.version >= v2 and [p.name for p in cfg.peers] == ["node-b", "node-c"]
         assert agent2.stop() == 0  # SIGTERM: clean exit
 

@@ -142,6 +142,43 @@ def test_sigterm_during_bring_up_removes_everything() -> None:
     assert _leftovers(proc.pid, _workdir(out)) == []
 
 
+def test_a_sigkilled_demo_takes_its_processes_along_and_the_next_demo_removes_the_rest() -> None:
+    from meshsec.controller.demo.demo import remove_stale_workdirs
+    from meshsec.controller.demo.network import remove_stale
+
+    proc = subprocess.Popen(
+        [*MESHSEC, "demo", "--nodes", "2", "--timeout", "25"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(("✓ agents enrolled", "✗")):
+                break
+    finally:
+        proc.kill()  # no teardown at all: only PR_SET_PDEATHSIG and the next demo can help
+        proc.wait()
+    out = "".join(lines)
+    assert lines[-1].startswith("✓ agents enrolled"), out
+    workdir = _workdir(out)
+    deadline = time.monotonic() + 10
+    while any(f.startswith("process") for f in _leftovers(proc.pid, workdir)):
+        assert time.monotonic() < deadline, _leftovers(proc.pid, workdir)
+        time.sleep(0.2)
+    try:
+        assert any(f.startswith("namespace") for f in _leftovers(proc.pid, workdir))  # still there
+        remove_stale()
+        remove_stale_workdirs()
+        assert _leftovers(proc.pid, workdir) == [f"directory {workdir}"]  # only the logs are kept
+        assert [p.name for p in workdir.iterdir()] == ["logs"]
+    finally:
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
 def test_namespaces_of_a_killed_demo_are_removed_and_a_running_demos_are_kept() -> None:
     from meshsec.controller.demo.network import remove_stale
 

@@ -19,7 +19,15 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.netns import Namespace, Topology, wait_for
-from tests.support.static_tunnel import REPO_ROOT, Addressing, StaticTunnel, tunnel_pair_configs
+from tests.support.static_tunnel import (
+    ADDRESSING,
+    REPO_ROOT,
+    Addressing,
+    StaticTunnel,
+    endpoint_config,
+    sa_json,
+    tunnel_pair_configs,
+)
 
 pytestmark = pytest.mark.system
 
@@ -155,4 +163,42 @@ def test_tso_super_packets_from_the_tun_are_segmented(lab: tuple[Topology, str])
     c = ta.counters()
     assert c["offload_errors"] == 0 and c["internal_errors"] == 0, c
     assert c["tun_packets_in"] > 5 * c["tun_reads"], "expected TSO super-packets, got one packet per read"
+    assert tb.counters()["drops"] == {}
+
+
+def test_ipv6_inside_ipv4_outer(lab: tuple[Topology, str]) -> None:
+    """Tunnel mode carries the other family: IPv6 overlay over an IPv4 underlay (and full-size TCP
+    segments fit, so the TUN MTU was computed for the larger inner header)."""
+    topology, workdir = lab
+    a, b = topology.add("a"), topology.add("b")
+    v4, v6 = ADDRESSING[4], ADDRESSING[6]
+    topology.link(a, b, [f"{v4.underlay[0]}/24"], [f"{v4.underlay[1]}/24"])
+    ab, ba = sa_json("aes256gcm16", 0x3000B, esn=True), sa_json("aes256gcm16", 0x3000A, esn=True)
+    tag = topology.prefix[-6:]
+    cfg_a = endpoint_config(
+        tun=f"{tag}a",
+        underlay=v4.underlay[0],
+        peer_underlay=v4.underlay[1],
+        sa_out=ab,
+        sa_in=ba,
+        overlay=v6.overlay[0],
+        local_overlay_net=v6.overlay_nets[0],
+        peer_overlay_net=v6.overlay_nets[1],
+    )
+    cfg_b = endpoint_config(
+        tun=f"{tag}b",
+        underlay=v4.underlay[1],
+        peer_underlay=v4.underlay[0],
+        sa_out=ba,
+        sa_in=ab,
+        overlay=v6.overlay[1],
+        local_overlay_net=v6.overlay_nets[1],
+        peer_overlay_net=v6.overlay_nets[0],
+    )
+    StaticTunnel(a, cfg_a, workdir).start()
+    tb = StaticTunnel(b, cfg_b, workdir).start()
+    dst = v6.overlay[1].split("/")[0]
+    ping = a.run("ping", "-c", "2", "-i", "0.2", "-W", "2", dst, check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert _iperf(a, b, dst, reverse=False) >= 100_000_000
     assert tb.counters()["drops"] == {}

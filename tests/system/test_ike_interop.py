@@ -191,18 +191,23 @@ def test_meshsec_to_meshsec_over_real_sockets(lab: tuple[Namespace, Namespace, s
     assert not c_init["encap"] and c_init["local_port"] == 500  # no NAT between two meshsec peers: no float
 
 
-def test_charon_rekeys_and_deletes(lab: tuple[Namespace, Namespace, str]) -> None:
+@pytest.mark.parametrize("esp", ["aes128gcm16", "aes256gcm16-ecp256"])  # the second rekeys with PFS
+def test_charon_rekeys_and_deletes(lab: tuple[Namespace, Namespace, str], esp: str) -> None:
     """charon drives CREATE_CHILD_SA (child rekey, IKE rekey) and INFORMATIONAL DELETE at our responder."""
     a, b, tmp = lab
-    with _charon(b, tmp) as charon:
+    with _charon(b, tmp, esp_proposals=esp) as charon:
         charon.load()
-        runner = Runner(a, tmp, _ours(False), charon)
+        runner = Runner(a, tmp, _ours(False, esp_proposals=[esp]), charon)
         runner.wait("ready")
         charon.initiate("net", "lab")
         first = runner.wait("ChildSaEstablished")
         charon.swanctl("--rekey", "--child", "net")
         rekeyed = runner.wait("ChildSaRekeyed")
         runner.wait("ChildSaDeleted")
+        rekey_line = next(
+            ln for ln in charon.log_tail(200000).splitlines() if "CREATE_CHILD_SA response" in ln
+        )
+        assert ("KE" in rekey_line.split("[")[-1]) == esp.endswith("ecp256"), rekey_line  # PFS: our KE
         assert rekeyed["old_spi_in"] == int(first["spi_in"], 16)
         charon.swanctl("--rekey", "--ike", "lab")
         runner.wait("IkeSaRekeyed")
@@ -254,6 +259,8 @@ def test_certificate_authentication_with_charon(lab: tuple[Namespace, Namespace,
     """ECDSA P-256 certificates from one CA, RFC 7427 signature AUTH, charon initiating to us."""
     import datetime as dt
 
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
     from tests.agent.ike import pki_helpers as pk
 
     a, b, tmp = lab
@@ -266,10 +273,16 @@ def test_certificate_authentication_with_charon(lab: tuple[Namespace, Namespace,
         "a.pem": pk.pem(pk.issue(pk.cn("a"), a_key, ca, ca_key, dns=["a.test"], **window)),
         "b.pem": pk.pem(pk.issue(pk.cn("b"), b_key, ca, ca_key, dns=["b.test"], **window)),
         "a.key": pk.key_pem(a_key),
-        "b.key": pk.key_pem(b_key),
+        # SEC1 "EC PRIVATE KEY": charon's plugin set here (no pkcs8) reads that form
+        "b.key": b_key.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption()),
     }
     for name, data in files.items():
         Path(tmp, name).write_bytes(data)
+    # charon's side: swanctl --file loads keys and certificates from the folder of that file
+    swan = Path(tmp, "charon")
+    for sub, name in (("x509", "b.pem"), ("x509ca", "ca.pem"), ("ecdsa", "b.key")):
+        (swan / sub).mkdir(parents=True, exist_ok=True)
+        (swan / sub / name).write_bytes(files[name])
     conf = f"""connections {{
     lab {{
         version = 2
@@ -278,13 +291,13 @@ def test_certificate_authentication_with_charon(lab: tuple[Namespace, Namespace,
         proposals = aes256gcm16-prfsha384-ecp384
         local {{
             auth = pubkey
-            certs = {tmp}/b.pem
+            certs = b.pem
             id = b.test
         }}
         remote {{
             auth = pubkey
             id = a.test
-            cacerts = {tmp}/ca.pem
+            cacerts = ca.pem
         }}
         children {{
             net {{
@@ -296,14 +309,10 @@ def test_certificate_authentication_with_charon(lab: tuple[Namespace, Namespace,
         }}
     }}
 }}
-secrets {{
-    private-b {{
-        file = {tmp}/b.key
-    }}
-}}
 """
     with Charon(b, os.path.join(tmp, "charon"), conf, log_levels={"ike": 2, "cfg": 2}) as charon:
-        charon.load()
+        loaded = charon.load()
+        assert "loaded ecdsa key" in loaded.lower() or "loaded ECDSA" in loaded, loaded
         cert = {"key": f"{tmp}/a.key", "cert": f"{tmp}/a.pem", "ca": f"{tmp}/ca.pem"}
         ours = _ours(False, ike_proposals=["aes256gcm16-prfsha384-ecp384"], esp_proposals=["aes256gcm16"])
         del ours["psk"]
@@ -312,5 +321,36 @@ secrets {{
         charon.initiate("net", "lab")
         _check_charon_sas(charon, runner.wait("ChildSaEstablished"))
         log = charon.log_tail(200000)
-        assert "authentication of 'b.test' (myself) with ECDSA" in log or "with RSA" not in log, log[-3000:]
-        assert "authentication of 'a.test' with" in log, log[-3000:]
+        # ECDSA_WITH_SHA256_DER is charon's name for RFC 7427 auth method 14 with ecdsa-with-sha256
+        assert "authentication of 'a.test' with ECDSA_WITH_SHA256_DER successful" in log, log[-3000:]
+        assert "authentication of 'b.test' (myself) with ECDSA_WITH_SHA256_DER successful" in log
+
+
+def test_liveness_checks_both_ways_with_charon(lab: tuple[Namespace, Namespace, str]) -> None:
+    """charon probes us (dpd_delay) and we probe charon (dpd_interval): both get answers."""
+    a, b, tmp = lab
+    conf = psk_tunnel_conf(
+        local_addr=B_IP,
+        remote_addr=A_IP,
+        local_id="b.test",
+        remote_id="a.test",
+        local_ts=NET_B,
+        remote_ts=NET_A,
+        psk=PSK,
+    ).replace(
+        "        rekey_time = 0\n        local {",
+        "        rekey_time = 0\n        dpd_delay = 1s\n        local {",
+    )
+    assert "dpd_delay = 1s" in conf
+    with Charon(b, os.path.join(tmp, "charon"), conf, log_levels={"ike": 2, "net": 2}) as charon:
+        charon.load()
+        runner = Runner(a, tmp, _ours(True, dpd_interval=1.0), charon)
+        runner.wait("ChildSaEstablished")
+        wait_for(lambda: runner.names().count("DpdRtt") >= 2, 15, what="two answered liveness checks")
+        rtt = next(e for e in runner.events if e["event"] == "DpdRtt")["rtt"]
+        assert 0 <= rtt < 1.0
+        log = charon.log_tail(400000)
+        assert "sending DPD request" in log and "parsed INFORMATIONAL response 1 [ ]" in log, log[-2000:]
+        assert "parsed INFORMATIONAL request" in log  # ours
+        assert "retransmit" not in log, log[-2000:]
+        assert "ESTABLISHED" in charon.list_sas()

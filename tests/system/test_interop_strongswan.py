@@ -77,6 +77,7 @@ def _our_peer(initiate: bool, **kw: object) -> object:
         local_ts=[US_NET],
         remote_ts=[SW_NET],
         initiate=initiate,
+        external=True,
         **kw,  # type: ignore[arg-type]
     )
 
@@ -288,7 +289,17 @@ def test_charon_behind_nat_connects_to_us(lab: tuple[Topology, str]) -> None:
     charon.load()
     cfg = node(
         "us",
-        [peer("sw", endpoint=None, local_ts=[US_NET], remote_ts=[SW_NET], initiate=False, behind_nat=True)],
+        [
+            peer(
+                "sw",
+                endpoint=None,
+                local_ts=[US_NET],
+                remote_ts=[SW_NET],
+                initiate=False,
+                behind_nat=True,
+                external=True,
+            )
+        ],
     )
     agent = AgentProc(us, workdir, "us", cfg).start()
     charon.initiate("net", "lab")

@@ -23,8 +23,8 @@ def make_configs(**kw: Any) -> tuple[IkeConfig, IkeConfig]:
     ikw = {**common, **{k[2:]: v for k, v in kw.items() if k.startswith("i_")}}
     rkw = {**common, **{k[2:]: v for k, v in kw.items() if k.startswith("r_")}}
     a = IkeConfig(
-        local_addr=(A_IP, 500),
-        remote_addr=(B_IP, 500),
+        local_addr=(ikw.pop("ip", A_IP), 500),
+        remote_addr=(ikw.pop("peer_ip", B_IP), 500),
         local_id=fqdn("a.test"),
         remote_id=ikw.pop("remote_id", fqdn("b.test")),
         psk=ikw.pop("psk", PSK),
@@ -34,7 +34,7 @@ def make_configs(**kw: Any) -> tuple[IkeConfig, IkeConfig]:
         **ikw,
     )
     b = IkeConfig(
-        local_addr=(B_IP, 500),
+        local_addr=(rkw.pop("ip", B_IP), 500),
         remote_addr=None,
         local_id=fqdn("b.test"),
         remote_id=rkw.pop("remote_id", fqdn("a.test")),
@@ -66,7 +66,8 @@ class Pair:
         self.b = IkeResponder(lambda addr: b_cfg, now)
         self.nat = nat
         self.nat_ports = [40000, 40001]  # NAT mapping of A's 500 and 4500 (tests may "rebind" it)
-        self.a_source_ip = A_IP  # tests may spoof where A's datagrams appear to come from
+        self.a_ip, self.b_ip = a_cfg.local_addr[0], b_cfg.local_addr[0]
+        self.a_source_ip = self.a_ip  # tests may spoof where A's datagrams appear to come from
         self.ev_a: list[Any] = []
         self.ev_b: list[Any] = []
         self.wire = Wire()
@@ -99,10 +100,10 @@ class Pair:
                         continue  # the NAT has no such mapping (any more): the datagram is lost
                     a_port = 500 if dst[1] == self.nat_ports[0] else 4500
                 else:
-                    assert dst[0] == A_IP
+                    assert dst[0] == self.a_ip
                     a_port = dst[1]
                 if not self.drop("b>a", raw):
-                    self.a.receive(raw, (B_IP, lport), self.now, local_port=a_port)
+                    self.a.receive(raw, (self.b_ip, lport), self.now, local_port=a_port)
             self.collect()
             if not moved:
                 return

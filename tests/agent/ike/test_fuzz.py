@@ -77,7 +77,7 @@ def test_fuzz_responder_never_raises_or_leaks_half_open(seed: int) -> None:
     now += 61.0
     target.handle_timer(now)
     assert target.sessions == [] and target.half_open == 0 and target.guard.half_open == 0
-    assert not target._by_spi and not target._by_init
+    assert not target._by_spi and not target._by_init and not target._tombstones
 
 
 def _seal_chain(msg: Message, first: int, chain: bytes, cipher: SkCipher) -> bytes:

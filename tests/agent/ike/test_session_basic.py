@@ -106,7 +106,7 @@ def test_invalid_ke_payload_retry_with_requested_group() -> None:
     assert [m.payloads[1].group for m in inits] == [31, 19]
 
 
-def test_unusable_invalid_ke_request_fails_cleanly() -> None:
+def test_no_invalid_ke_when_responder_accepts_the_sent_group() -> None:
     p = Pair(
         *make_configs(
             i_ike_proposals=["aes128gcm16-prfsha256-x25519"],
@@ -114,6 +114,8 @@ def test_unusable_invalid_ke_request_fails_cleanly() -> None:
         )
     ).start()
     _established(p)  # responder accepts x25519 since it is in its list: no INVALID_KE needed
+    inits = [m for m in map(parse_message, p.wire.sent("a>b")) if m.exchange == Exchange.IKE_SA_INIT]
+    assert len(inits) == 1
 
 
 def test_ts_narrowing() -> None:
@@ -161,3 +163,23 @@ def test_nat_detected_floats_to_4500() -> None:
     assert b.peer == ("198.18.0.99", 40001) and b.local_port == 4500
     dsts = [dst for d, _, dst in p.wire.log if d == "a>b"]
     assert dsts[0][1] == 500 and dsts[-1][1] == 4500
+
+
+def test_ipv6_underlay_and_ipv6_selectors() -> None:
+    from meshsec.agent.ike.payloads import TrafficSelector as TS
+
+    p = Pair(
+        *make_configs(
+            i_ip="fd00::1",
+            i_peer_ip="fd00::2",
+            r_ip="fd00::2",
+            i_local_ts=[TS.from_cidr("fd00:1::/64")],
+            i_remote_ts=[TS.from_cidr("fd00:2::/64")],
+            r_local_ts=[TS.from_cidr("fd00:2::/64")],
+            r_remote_ts=[TS.from_cidr("fd00:1::/64")],
+        )
+    )
+    p.start()
+    a, b = _established(p)
+    assert a.peer == ("fd00::2", 500) and b.peer == ("fd00::1", 500) and not a.encap
+    assert a.ts_remote == (TS.from_cidr("fd00:2::/64"),)

@@ -178,7 +178,7 @@ def test_ike_rekey_moves_children_and_keeps_working() -> None:
     assert len(ra) == 1 and len(rb) == 1
     assert (ra[0].old_spi_i, ra[0].old_spi_r) == old_spis
     assert (ra[0].spi_i, ra[0].spi_r) == (rb[0].spi_i, rb[0].spi_r) != old_spis
-    assert p.a.old_sa is None and p.b_session.old_sa is None
+    assert p.a.old_sas == [] and p.b_session.old_sas == []
     assert p.a.sa.keys.sk_d == p.b_session.sa.keys.sk_d  # same new keys on both sides
     assert len(p.a.children) == 1
     p.a.rekey_child(p.now)  # the new IKE SA carries CREATE_CHILD_SA
@@ -285,6 +285,7 @@ def test_unauthenticated_garbage_dropped_and_counted() -> None:
     assert p.b.datagrams_to_send(p.now) == []
     assert p.b_session.stats["dropped_integrity"] == 1
     assert p.b.stats["dropped_unparseable"] == 1 and p.b.stats["dropped_unknown_spi"] == 1
+    assert p.b.counters()["dropped_integrity"] == 1
     assert p.b_session.established
 
 
@@ -336,18 +337,26 @@ def test_nat_rebinding_followed_only_when_peer_is_behind_nat() -> None:
     assert q.b_session.remote == (A_IP, 500) and of(q.ev_a, DpdRtt)
 
 
-def test_simultaneous_ike_rekey_converges() -> None:
+def test_simultaneous_ike_rekey_lowest_nonce_rule(caplog: pytest.LogCaptureFixture) -> None:
     p = _up(dpd_interval=None)
+    old = p.a.sa.spi_i
     p.a.rekey_ike(p.now)
     p.b_session.rekey_ike(p.now)
     p.b.sync(p.b_session)
+    with caplog.at_level(logging.INFO):
+        p.pump()
+    assert caplog.text.count("ours is redundant (lowest nonce)") == 1
+    assert caplog.text.count("ours survives") == 1
+    ra, rb = of(p.ev_a, IkeSaRekeyed), of(p.ev_b, IkeSaRekeyed)
+    assert len(ra) == 1 and len(rb) == 1 and (ra[0].spi_i, ra[0].spi_r) == (rb[0].spi_i, rb[0].spi_r)
+    assert p.a.sa.spi_i != old and p.a.sa.spi_i == p.b_session.sa.spi_i
+    assert p.a.sa.keys.sk_d == p.b_session.sa.keys.sk_d
+    assert p.a.old_sas == [] and p.b_session.old_sas == []  # old and redundant SAs both deleted
+    assert not [k for k in p.b.counters() if k.startswith("dropped")]  # nothing dropped on the way
+    p.a.rekey_child(p.now)  # and the survivor works
     p.pump()
-    assert not of(p.ev_a, IkeSaRekeyed) and not of(p.ev_b, IkeSaRekeyed)  # both refused: TEMPORARY_FAILURE
-    p.advance(30)  # each retries after its own random 5-15 s
-    assert len(of(p.ev_a, IkeSaRekeyed)) >= 1 and len(of(p.ev_b, IkeSaRekeyed)) >= 1
-    assert p.a.sa.spi_i == p.b_session.sa.spi_i and p.a.sa.keys.sk_d == p.b_session.sa.keys.sk_d
     a, b = _current_children(p)
-    assert a == b and len(a) == 1
+    assert a == b and len(a) == 1 and len(of(p.ev_b, ChildSaRekeyed)) == 1
 
 
 def test_delete_unanswered_still_closes() -> None:
@@ -377,3 +386,60 @@ def test_child_spis_are_returned_to_the_host_pool() -> None:
     p.a.delete(p.now)
     p.pump()
     assert p.b._child_spis == set() and p.b.sessions == []
+
+
+def test_refused_ike_auth_is_answered_again_after_the_sa_is_gone() -> None:
+    """B refuses A's AUTH and forgets the SA; the AUTHENTICATION_FAILED answer is lost once. A's
+    retransmission still gets it (from the dispatcher's tombstone), so A fails for the right reason."""
+    p = Pair(*make_configs(r_psk=b"a different secret, 30 octets"))
+    lost: list[bytes] = []
+
+    def lose_first_auth_answer(direction: str, raw: bytes) -> bool:
+        if direction == "b>a" and _exchange(raw) == Exchange.IKE_AUTH and not lost:
+            lost.append(raw)
+            return True
+        return False
+
+    p.drop = lose_first_auth_answer
+    p.start()
+    assert p.b.sessions == [] and not of(p.ev_a, IkeSaFailed)
+    p.advance(2.0)
+    assert "AUTHENTICATION_FAILED" in of(p.ev_a, IkeSaFailed)[0].reason
+    assert p.b.stats["retransmit_answered_after_close"] == 1
+    p.advance(100)
+    assert p.b._tombstones == {} and p.b.get_timer() is None
+
+
+def test_initial_contact_replaces_stale_sas_of_a_restarted_peer() -> None:
+    from meshsec.agent.ike.session import IkeSession
+
+    p = _up()
+    stale = p.b_session
+    p.a = IkeSession(p.a.config, p.now)  # A "restarts": it lost all state and starts over
+    p.a.initiate(p.now)
+    p.pump()
+    assert len(p.b.sessions) == 1 and p.b.sessions[0] is not stale and p.b_session.established
+    gone = [e for e in p.ev_b if isinstance(e, IkeSaDeleted)]
+    assert len(gone) == 1 and "INITIAL_CONTACT" in gone[0].reason
+    assert len(of(p.ev_b, ChildSaDeleted)) == 1 and len(of(p.ev_b, ChildSaEstablished)) == 2
+
+
+def test_rekey_of_unknown_or_retiring_child_is_refused() -> None:
+    p = _up()
+    child = next(iter(p.a.children.values()))
+    esp = p.a._esp_specs[0].to_wire(1, b"\x01\x02\x03\x04")
+    ts = [P.TSi(child.ts_local), P.TSr(child.ts_remote)]
+    req = [P.Notify(Notify.REKEY_SA, 3, b"\xde\xad\xbe\xef"), P.SA((esp,)), P.Nonce(b"n" * 32), *ts]
+    sa = p.a.sa
+
+    def ask(inner: list[object]) -> list[P.Payload]:
+        m = Message(sa.spi_i, sa.spi_r, Exchange.CREATE_CHILD_SA, Flag.INITIATOR, sa.next_mid, inner)  # type: ignore[arg-type]
+        sa.next_mid += 1
+        p.b.receive(encode_encrypted(m, sa.out), (A_IP, 500), p.now)
+        ((raw, _, _),) = p.b.datagrams_to_send(p.now)
+        return decrypt_message(parse_message(raw), sa.inb)
+
+    assert ask(req)[0].type == Notify.CHILD_SA_NOT_FOUND
+    next(iter(p.b_session.children.values())).state = "deleting"
+    req[0] = P.Notify(Notify.REKEY_SA, 3, child.spi_in)
+    assert ask(req) == [P.Notify(Notify.TEMPORARY_FAILURE)]

@@ -45,10 +45,11 @@ def peer(
     child_rekey: int = 0,
     ike_rekey: int = 0,
     behind_nat: bool = False,
+    external: bool = False,
 ) -> config_pb2.PeerConfig:
     p = config_pb2.PeerConfig(
         name=name,
-        kind=spec_pb2.NODE_KIND_AGENT,
+        kind=spec_pb2.NODE_KIND_EXTERNAL if external else spec_pb2.NODE_KIND_AGENT,
         endpoints=[endpoint] if endpoint else [],
         remote_identity=remote_identity or f"fqdn:{name}.meshsec",
         auth=spec_pb2.AUTH_METHOD_PSK if psk else spec_pb2.AUTH_METHOD_CERTIFICATE,

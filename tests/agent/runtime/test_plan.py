@@ -117,14 +117,16 @@ def test_changed_crypto_is_make_before_break() -> None:
 
 def test_duplicate_sas_collision_keeps_lowest_spis_restart_keeps_newest() -> None:
     cfg = _cfg()
-    s1 = _session(cfg, sid=1, spis="ff" * 16, established_at=100.0)
-    s2 = _session(cfg, sid=2, spis="00" * 16, established_at=101.0)
+    # set-ups overlapped (the second began before the first was up): both ends initiated at once
+    s1 = _session(cfg, sid=1, spis="ff" * 16, created_at=99.0, established_at=100.0)
+    s2 = _session(cfg, sid=2, spis="00" * 16, created_at=99.5, established_at=100.1, initiator=False)
     acts = diff(cfg, Actual(sessions=(s1, s2), routes=ROUTES), 102.0)
     assert acts == [DeleteIke(1, "b", "duplicate IKE SA with this peer")]  # both ends agree on this one
-    s2_late = replace(s2, spis="ff" * 16, sid=2, established_at=500.0)
+    # the second began after the first was up: the peer restarted, the newest wins whatever its SPIs
     s1_low = replace(s1, spis="00" * 16)
-    acts = diff(cfg, Actual(sessions=(s1_low, s2_late), routes=ROUTES), 501.0)
-    assert acts == [DeleteIke(1, "b", "duplicate IKE SA with this peer")]  # the peer restarted
+    s2_late = replace(s2, spis="ff" * 16, created_at=101.0, established_at=101.1)
+    acts = diff(cfg, Actual(sessions=(s1_low, s2_late), routes=ROUTES), 102.0)
+    assert acts == [DeleteIke(1, "b", "duplicate IKE SA with this peer")]
 
 
 def test_missing_child_created_by_initiator_only_and_extra_child_deleted() -> None:

@@ -168,3 +168,59 @@ class SpecChanged(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     plan: _containers.RepeatedCompositeFieldContainer[NodePlan]
     def __init__(self, plan: _Optional[_Iterable[_Union[NodePlan, _Mapping]]] = ...) -> None: ...
+
+class RevokeNodeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RevokeNodeResponse(_message.Message):
+    __slots__ = ("fingerprints", "version")
+    FINGERPRINTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    fingerprints: _containers.RepeatedScalarFieldContainer[str]
+    version: int
+    def __init__(self, fingerprints: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RotateCARequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RotateCAResponse(_message.Message):
+    __slots__ = ("started", "status")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    started: bool
+    status: CAStatus
+    def __init__(self, started: _Optional[bool] = ..., status: _Optional[_Union[CAStatus, _Mapping]] = ...) -> None: ...
+
+class GetCARequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CACertificate(_message.Message):
+    __slots__ = ("sha256", "subject", "not_after", "signing")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    subject: str
+    not_after: _timestamp_pb2.Timestamp
+    signing: bool
+    def __init__(self, sha256: _Optional[str] = ..., subject: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., signing: _Optional[bool] = ...) -> None: ...
+
+class CAStatus(_message.Message):
+    __slots__ = ("phase", "phase_since", "next_step_at", "cas", "reason")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_STEP_AT_FIELD_NUMBER: _ClassVar[int]
+    CAS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    phase_since: _timestamp_pb2.Timestamp
+    next_step_at: _timestamp_pb2.Timestamp
+    cas: _containers.RepeatedCompositeFieldContainer[CACertificate]
+    reason: str
+    def __init__(self, phase: _Optional[str] = ..., phase_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cas: _Optional[_Iterable[_Union[CACertificate, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -75,6 +75,21 @@ class AdminServiceStub:
                 request_serializer=meshsec_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_admin__pb2.Event.FromString,
                 _registered_method=True)
+        self.RevokeNode = channel.unary_unary(
+                '/meshsec.v1.AdminService/RevokeNode',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.RevokeNodeResponse.FromString,
+                _registered_method=True)
+        self.RotateCA = channel.unary_unary(
+                '/meshsec.v1.AdminService/RotateCA',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.RotateCARequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.RotateCAResponse.FromString,
+                _registered_method=True)
+        self.GetCA = channel.unary_unary(
+                '/meshsec.v1.AdminService/GetCA',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.GetCARequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.CAStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -134,6 +149,30 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeNode(self, request, context):
+        """Revoke every still-valid certificate of a node (`meshctl node revoke NAME`): peers tear down its SAs
+        within one Sync round trip and refuse its IKE attempts; the controller refuses its Sync, Report and
+        Renew.  The node stays in the spec and returns only by enrolling again with a new token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateCA(self, request, context):
+        """Start a CA rollover now (`meshctl ca rotate`); when one is already in progress, nothing changes and
+        the response describes it.  The later steps run as the controller's singleton CA rotation job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCA(self, request, context):
+        """The trusted CA certificates and the rollover state (`meshctl ca status`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +215,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=meshsec_dot_v1_dot_admin__pb2.WatchEventsRequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_admin__pb2.Event.SerializeToString,
+            ),
+            'RevokeNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeNode,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.RevokeNodeRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.RevokeNodeResponse.SerializeToString,
+            ),
+            'RotateCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateCA,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.RotateCARequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.RotateCAResponse.SerializeToString,
+            ),
+            'GetCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCA,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.GetCARequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.CAStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +448,87 @@ class AdminService:
             '/meshsec.v1.AdminService/WatchEvents',
             meshsec_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
             meshsec_dot_v1_dot_admin__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/RevokeNode',
+            meshsec_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.RevokeNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/RotateCA',
+            meshsec_dot_v1_dot_admin__pb2.RotateCARequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.RotateCAResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/GetCA',
+            meshsec_dot_v1_dot_admin__pb2.GetCARequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.CAStatus.FromString,
             options,
             channel_credentials,
             insecure,

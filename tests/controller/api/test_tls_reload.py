@@ -1,0 +1,84 @@
+"""A gRPC server whose TLS follows a CA rollover in etcd (follow_ca + ReloadableServerTLS): clients of
+both CAs are accepted during the overlap, the old CA's clients are refused after retirement, and a
+client trusting only the new CA accepts the server once the new CA signs.  Real etcd, real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from meshsec.controller.api.tls_reload import ReloadableServerTLS
+from meshsec.controller.ca import ROLE_NODE, CertificateAuthority, Sealer, load_or_create_ca
+from meshsec.controller.ca.rollover import Action, RolloverPolicy, RolloverStore, follow_ca
+from meshsec.controller.store import Store
+
+from tests.support.etcd import EtcdCluster
+
+S = dt.timedelta(seconds=1)
+POLICY = RolloverPolicy(propagate=S, overlap=S, rotate_before=3 * S, ca_lifetime=dt.timedelta(days=1))
+
+
+async def _ok(port: int, roots: bytes, ca: CertificateAuthority) -> bool:
+    cert, key = ca.issue_keypair(ROLE_NODE, "client", dt.timedelta(hours=1))
+    creds = grpc.ssl_channel_credentials(roots, key, cert)
+    opts = [("grpc.ssl_target_name_override", "meshsec-controller")]
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=opts) as ch:
+        try:
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.aio.AioRpcError:
+            return False
+    return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_server_tls_follows_the_rollover(etcd: EtcdCluster) -> None:
+    async def body() -> None:
+        sealer = Sealer(os.urandom(32))
+        async with Store(etcd.endpoints) as store:
+            ca_a, _ = await load_or_create_ca(store, sealer)
+            cert, key = ca_a.issue_server("r1")
+            tls = ReloadableServerTLS(key, cert + ca_a.cert_pem, ca_a.bundle_pem)
+            current: list[CertificateAuthority] = []
+
+            def on_change(ca: CertificateAuthority) -> None:
+                c, k = ca.issue_server("r1")
+                tls.update(k, c + ca.cert_pem, ca.bundle_pem)
+                current.append(ca)
+
+            server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+            port = server.add_secure_port("127.0.0.1:0", tls.credentials())
+            await server.start()
+            follower = asyncio.create_task(follow_ca(store, sealer, on_change))
+            roll = RolloverStore(store, sealer, POLICY)
+
+            async def step(action: Action) -> None:
+                n = len(current)
+                await roll.apply(await roll.read(), action, dt.datetime.now(dt.UTC))
+                for _ in range(100):
+                    if len(current) > n:
+                        return
+                    await asyncio.sleep(0.02)
+                raise AssertionError("follow_ca did not report the change")
+
+            try:
+                assert await _ok(port, ca_a.cert_pem, ca_a)
+                await step(Action.BEGIN)
+                both = current[-1].bundle_pem
+                snap = await roll.read()
+                ca_b_cert = snap.bundle[1]
+                await step(Action.SWITCH)
+                ca_b = current[-1]
+                assert ca_b.cert == ca_b_cert
+                assert await _ok(port, both, ca_a) and await _ok(port, both, ca_b)  # overlap: both
+                assert await _ok(port, ca_b.cert_pem, ca_b)  # the server now presents a B chain
+                await step(Action.RETIRE)
+                assert await _ok(port, ca_b.cert_pem, ca_b)
+                assert not await _ok(port, both, ca_a)  # old CA's clients are refused
+            finally:
+                follower.cancel()
+                await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(body(), 40))
