@@ -3,9 +3,8 @@
 
 Owns the toolchain for deploy/: `template` (what `helm template` prints), `lint` (`helm lint --strict`),
 `validate` (kubernetes-validate --strict, a missing schema is an error), `kustomize-base` (regenerates
-deploy/kustomize/base/meshsec.yaml from the chart) and `install` (`helm install`).  Only `install` and
-`template --kubeconfig` (the server's API versions, as `helm template --validate`) talk to a cluster,
-and only to the one the given kubeconfig names; deploy/test-cluster.sh uses them.
+deploy/kustomize/base/meshsec.yaml from the chart) and `install` (`helm install`, used by
+deploy/test-cluster.sh).  Only `install` talks to a cluster: the one its --kubeconfig names.
 
 No `helm` binary is packaged in Debian, PyPI or npm, but PyPI's `helm-python-sdk` wraps Helm's own Go
 SDK (v4) in a shared library, so rendering and linting run the real Helm engine, not a reimplementation.
@@ -105,32 +104,20 @@ def render(
     return sort_objects(doc for _, doc in docs)
 
 
-def render_for_cluster(
-    kubeconfig: Path, values: dict[str, Any] | None = None, *, release: str, namespace: str
-) -> list[dict[str, Any]]:
-    """Like render(), with the API server's capabilities (e.g. policy/v1beta1 PDBs on 1.20)."""
-    try:
-        with (
-            helm.Config(kubeconfig_path=str(kubeconfig), namespace=namespace) as cfg,
-            helm.Chart.load(str(CHART)) as c,
-        ):
-            c.validate_schema(c.merge_values(values or {}))
-            manifests = cfg.render(c, values or {}, name=release, namespace=namespace, is_install=True)
-    except helm.HelmError as exc:
-        raise RenderError(f"chart {CHART.name} against {kubeconfig}: {exc}") from None
-    return sort_objects(
-        d for path, text in manifests.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d
-    )
+def install(
+    kubeconfig: Path, values: dict[str, Any] | None, *, release: str, namespace: str
+) -> tuple[str, str]:
+    """`helm install` into an existing namespace, rendered with the server's API versions.
 
-
-def install(kubeconfig: Path, values: dict[str, Any] | None, *, release: str, namespace: str) -> str:
-    """`helm install` into an existing namespace; returns the release status."""
+    Returns the release status line and the manifest Helm applied.
+    """
     try:
         with helm.Config(kubeconfig_path=str(kubeconfig), namespace=namespace) as cfg:
             rel = cfg.install(str(CHART), release, values or {}, namespace=namespace, timeout=120)
     except helm.HelmError as exc:
         raise RenderError(f"helm install {release} into {namespace}: {exc}") from None
-    return f"{rel.get('name', release)} revision {rel.get('revision')} {rel.get('status', '')}".strip()
+    status = f"{rel.get('name', release)} revision {rel.get('revision')} {rel.get('status', '')}".strip()
+    return status, str(rel.get("manifest", ""))
 
 
 def sort_objects(objs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -179,13 +166,13 @@ def validate(objs: Iterable[dict[str, Any]], kube_version: str) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deploy/render.py", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["template", "lint", "validate", "kustomize-base", "install"])
-    p.add_argument("--kubeconfig", type=Path, help="template: use this server's APIs; install: target")
+    p.add_argument("--kubeconfig", type=Path, help="install: the cluster to install into")
     p.add_argument("-f", "--values", action="append", type=Path, default=[], help="values file")
     p.add_argument("--set", action="append", default=[], help="helm --set expression")
     p.add_argument("--release", default=RELEASE)
     p.add_argument("-n", "--namespace", default=NAMESPACE)
     p.add_argument("-k", "--kube-version", action="append", help="for lint/validate (default 1.30, 1.37)")
-    p.add_argument("-o", "--output", type=Path, help="write here instead of stdout (template)")
+    p.add_argument("-o", "--output", type=Path, help="template: write here; install: the applied manifest")
     p.add_argument("files", nargs="*", type=Path, help="validate: YAML streams instead of the chart")
     return p
 
@@ -216,13 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.kubeconfig:
                 print("render: install needs --kubeconfig", file=sys.stderr)
                 return 2
-            print(install(args.kubeconfig, values, release=args.release, namespace=args.namespace))
+            status, manifest = install(
+                args.kubeconfig, values, release=args.release, namespace=args.namespace
+            )
+            if args.output:
+                args.output.write_text(manifest)
+            print(status)
             return 0
-        if args.kubeconfig:
-            objs = render_for_cluster(args.kubeconfig, values, release=args.release, namespace=args.namespace)
-        else:
-            objs = render(values, release=args.release, namespace=args.namespace)
-        text = to_yaml(objs)
+        text = to_yaml(render(values, release=args.release, namespace=args.namespace))
         if args.output:
             args.output.write_text(text)
         else:

@@ -49,8 +49,8 @@ class Outbound:
     params: SaParams
     peer: Peer
     selectors: tuple[TrafficSelector, ...]
-    mtu: dict[int, int]  # inner IP version -> largest inner packet that fits one outer packet
-    mss: dict[int, int]
+    mtu: list[int]  # [inner IP version] -> largest inner packet that fits one outer packet
+    mss: list[int]  # [inner IP version] -> TCP MSS to clamp SYNs to
 
 
 class SaTables:
@@ -88,15 +88,17 @@ class SaTables:
             self.remove_outbound_sa(sa_id)
         self._peers.pop(peer_id, None)
 
-    def _limits(self, params: SaParams, peer: Peer) -> tuple[dict[int, int], dict[int, int]]:
+    def _limits(self, params: SaParams, peer: Peer) -> tuple[list[int], list[int]]:
+        """Per inner IP version (list index = the version nibble, so any first byte indexes safely;
+        versions other than 4 and 6 get 0 and take the slow path to a counted drop)."""
         outer = 6 if peer.family == socket.AF_INET6 else 4
-        mtu = {
-            v: max_inner_packet(
+        mtu = [0] * 16
+        mss = [0] * 16
+        for v in (4, 6):
+            mtu[v] = max_inner_packet(
                 peer.link_mtu, params.spec, mode=params.mode, outer_family=outer, inner_family=v
             )
-            for v in (4, 6)
-        }
-        mss = {v: mtu[v] - _IP_HDR[v] - _TCP_HDR for v in (4, 6)}
+            mss[v] = mtu[v] - _IP_HDR[v] - _TCP_HDR
         return mtu, mss
 
     def add_outbound_sa(

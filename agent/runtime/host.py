@@ -732,12 +732,14 @@ class AgentRuntime:
         elif isinstance(event, ev.PeerDead):
             self._peer_error(s.peer, "peer dead: liveness checks unanswered")
         elif isinstance(event, ev.IkeSaFailed | ev.IkeSaDeleted):
-            if isinstance(event, ev.IkeSaFailed) or "deleted locally" not in event.reason:
+            # deleted by our own choice, or superseded by the peer's new SA: no error, no back-off
+            ours = "deleted locally" in event.reason or event.reason.startswith("replaced")
+            if not ours:
                 self._peer_error(s.peer, event.reason)
             self._session_gone(s)
             if s.initiator and s.established_at is None:
                 self._boot_initiate.discard(s.peer)  # the peer will come to us when it is back
-            if s.initiator or isinstance(event, ev.IkeSaFailed):
+            if not ours and (s.initiator or isinstance(event, ev.IkeSaFailed)):
                 self._backoff(ps, now)
 
     def _first_child(self, s: _Session) -> str:

@@ -89,7 +89,9 @@ def _iperf(client: Namespace, server: Namespace, dst: str, nbytes: str = "20M") 
 
 def _ping(ns: Namespace, dst: str, count: int = 3, *agents: AgentProc) -> None:
     r = ns.run("ping", "-c", str(count), "-i", "0.2", "-W", "2", dst, check=False)
-    assert r.returncode == 0, "\n".join([r.stdout + r.stderr, *(f"{g.status()}\n{g.log_tail()}" for g in agents)])
+    assert r.returncode == 0, "\n".join(
+        [r.stdout + r.stderr, *(f"{g.status()}\n{g.log_tail()}" for g in agents)]
+    )
 
 
 @pytest.mark.parametrize("auth", ["psk", "cert"])
@@ -228,6 +230,7 @@ def test_reconfigure_by_file_crypto_change_removal_and_return(lab: tuple[Topolog
 
     ag_a.write_config(node("a", []))
     ag_a.signal(signal.SIGHUP)
+    wait(lambda: ag_a.status().get("peers") is None, 5, "a's status without b")
     wait(lambda: ag_b.peer_status("a").get("ikeState") != "IKE_SA_STATE_ESTABLISHED", 5, "DELETE at b")
     wait(
         lambda: "198.19.2.0/24" not in a.run("ip", "route", "show", "table", "all").stdout, 5, "route removed"

@@ -112,8 +112,11 @@ def test_garbage_never_stops_the_loop(h: Harness) -> None:
         for _ in range(5):
             h.peer.sendto(rng(n), ("127.0.0.1", h.port))
     h.peer.sendto(struct.pack("!II", 0x2002, 1) + rng(60), ("127.0.0.1", h.port))  # known SPI, forged
-    h.host.send(b"\x45")  # a runt from the host side too
+    h.host.send(b"\x45")  # runts and non-IP from the host side too
     h.host.send(b"")
+    h.host.send(b"\x50" + rng(199))
+    h.host.send(b"\x45" + rng(199))
+    h.host.send(b"\x60" + rng(199))
     tx = OutboundSa(_params(0x2002, KEY_IN), 0)
     h.peer.sendto(bytes(tx.protect(_inner(b"still alive", dst="198.19.1.1"), 0)), ("127.0.0.1", h.port))
     assert h.host.recv(2000) == _inner(b"still alive", dst="198.19.1.1")
