@@ -12,7 +12,8 @@ stable         [A]                     A            no rollover (``ca/rollover``
 published      [A, B]                  A            B trusted by every agent and replica, A signs;
                                                     B's key sealed in ``ca/next-key``
 switched       [B, A]                  B            B signs (renewals move every node to B), A is
-                                                    still trusted for the certificates it issued
+                                                    still trusted for the certificates it issued;
+                                                    A's key sealed in ``ca/previous-key``
 stable         [B]                     B            A retired after the overlap
 =============  ======================  ===========  =============================================
 
@@ -22,9 +23,15 @@ stays trusted after the switch (at least the node certificate lifetime: A signs 
 switch, so every A-signed node certificate has expired or been renewed by then); a rollover starts by
 itself ``rotate_before`` the signing CA's expiry, or at once on ``meshctl ca rotate``.
 
+Controller TLS: agents verify the controller with their ca.pem, which learns B only at their first
+renewal after the switch (RenewResponse carries the bundle).  So until A is retired a replica presents
+a server certificate issued by A (``CurrentCA.tls_issuer``, from ``ca/previous-key``) and pins A in
+CreateToken; from the retirement on, B.  Clients of either CA are accepted (roots = the bundle).
+
 Pure logic (``next_action``, ``RolloverState``) is separated from the etcd I/O (``RolloverStore``),
 which writes each transition as one compare-and-swap txn (plus the caller's leadership guard), so two
-replicas can never apply the same step twice.  Keys: ``ca/rollover`` (JSON state), ``ca/next-key``.
+replicas can never apply the same step twice.  Keys: ``ca/rollover`` (JSON state), ``ca/next-key``,
+``ca/previous-key`` (both AES-GCM sealed with the KEK, like ``ca/key``).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from meshsec.controller.store.client import Compare
 
 CA_ROLLOVER = Keys.CA + "rollover"
 CA_NEXT_KEY = Keys.CA + "next-key"
+CA_PREVIOUS_KEY = Keys.CA + "previous-key"
 
 
 class RolloverError(Exception):
@@ -192,6 +200,8 @@ class Snapshot:
     state: RolloverState
     state_rev: int
     next_key: bytes | None  # sealed
+    key: bytes = b""  # ca/key, sealed (the signing CA's key)
+    key_rev: int = 0
 
 
 class RolloverStore:
@@ -208,12 +218,15 @@ class RolloverStore:
             raise RolloverError("etcd holds no CA; run `meshsec-controller init` first")
         state_kv = await self._store.get(CA_ROLLOVER)
         next_kv = await self._store.get(CA_NEXT_KEY)
+        key_kv = await self._store.get(Keys.CA_KEY)
         return Snapshot(
             x509.load_pem_x509_certificates(cert_kv.value),
             cert_kv.mod_revision,
             RolloverState.from_json(state_kv.value) if state_kv else RolloverState(),
             state_kv.mod_revision if state_kv else 0,
             next_kv.value if next_kv else None,
+            key_kv.value if key_kv else b"",
+            key_kv.mod_revision if key_kv else 0,
         )
 
     async def step(
@@ -247,6 +260,7 @@ class RolloverStore:
         compares = [
             s.mod_revision_is(Keys.CA_CERT, snap.bundle_rev),
             s.mod_revision_is(CA_ROLLOVER, snap.state_rev),
+            s.mod_revision_is(Keys.CA_KEY, snap.key_rev),
         ]
         if guard is not None:
             compares.append(guard)
@@ -268,7 +282,9 @@ class RolloverStore:
             if _pem_pub(key) != _pem_pub(snap.bundle[1].public_key()):
                 raise RolloverError("ca/next-key does not belong to the published CA")
             state = replace(snap.state, phase=Phase.SWITCHED, since=now)
+            old_key = self._sealer.open(snap.key, Keys.CA_KEY)
             ops = [
+                s.op_put(CA_PREVIOUS_KEY, self._sealer.seal(old_key, CA_PREVIOUS_KEY)),
                 s.op_put(Keys.CA_CERT, bundle_after(action, snap.bundle, None)),
                 s.op_put(Keys.CA_KEY, self._sealer.seal(key_pem, Keys.CA_KEY)),  # aad is the key's name
                 s.op_delete(CA_NEXT_KEY),
@@ -276,7 +292,11 @@ class RolloverStore:
             ]
         else:
             state = RolloverState()
-            ops = [s.op_put(Keys.CA_CERT, bundle_after(action, snap.bundle, None)), s.op_delete(CA_ROLLOVER)]
+            ops = [
+                s.op_put(Keys.CA_CERT, bundle_after(action, snap.bundle, None)),
+                s.op_delete(CA_ROLLOVER),
+                s.op_delete(CA_PREVIOUS_KEY),
+            ]
         res = await s.txn(compares, ops)
         if not res.succeeded:
             raise RolloverError(
@@ -292,31 +312,60 @@ def _pem_pub(key: object) -> bytes:
     )
 
 
+@dataclass(frozen=True)
+class CurrentCA:
+    """What a replica needs from the CA state: who signs node certificates, who issues its TLS
+    server certificate (and is pinned in CreateToken), and the bundle every client may chain to."""
+
+    signing: CertificateAuthority
+    tls_issuer: CertificateAuthority
+
+    @property
+    def bundle_pem(self) -> bytes:
+        return self.signing.bundle_pem
+
+
+async def load_current(store: Store, sealer: Sealer, *, revision: int = 0) -> CurrentCA:
+    from meshsec.controller.ca.authority import load_ca
+
+    revision = revision or await store.revision()
+    signing = await load_ca(store, sealer, revision=revision)
+    prev = await store.get(CA_PREVIOUS_KEY, revision=revision)
+    bundle = x509.load_pem_x509_certificates(signing.bundle_pem)
+    if prev is None or len(bundle) != 2:
+        return CurrentCA(signing, signing)
+    key = serialization.load_pem_private_key(sealer.open(prev.value, CA_PREVIOUS_KEY), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or _pem_pub(key) != _pem_pub(bundle[1].public_key()):
+        raise RolloverError("ca/previous-key does not belong to the second CA of the bundle")
+    return CurrentCA(signing, CertificateAuthority(bundle[1], key, signing.bundle_pem))
+
+
 async def follow_ca(
     store: Store,
     sealer: Sealer,
-    on_change: Callable[[CertificateAuthority], Awaitable[None] | None],
+    on_change: Callable[[CurrentCA], Awaitable[None] | None],
     *,
     retry: float = 0.5,
 ) -> None:
-    """Call on_change with the CA as etcd holds it now, and again after every change under ``ca/``
-    (bundle or signing key); runs until cancelled.  A replica uses it to sign with the CA that signs
-    now and to trust the whole bundle (see ReloadableServerTLS)."""
-    from meshsec.controller.ca.authority import load_ca
+    """Call on_change with the CA state as etcd holds it now, and again after every change of it;
+    runs until cancelled.  A replica uses it to sign with the CA that signs now, to trust the whole
+    bundle and to present a server certificate every agent can verify (see ReloadableServerTLS)."""
     from meshsec.controller.store import StoreError
 
-    seen: tuple[bytes, str] | None = None
+    seen: tuple[bytes, str, str] | None = None
     while True:
         try:
             revision = await store.revision()
-            ca = await load_ca(store, sealer, revision=revision)
-            if (ca.bundle_pem, ca.sha256) != seen:
-                seen = (ca.bundle_pem, ca.sha256)
-                result = on_change(ca)
+            current = await load_current(store, sealer, revision=revision)
+            key = (current.bundle_pem, current.signing.sha256, current.tls_issuer.sha256)
+            if key != seen:
+                seen = key
+                result = on_change(current)
                 if asyncio.iscoroutine(result):
                     await result
+            watched = (Keys.CA_CERT, Keys.CA_KEY, CA_PREVIOUS_KEY)
             async for _rev, events in store.watch_prefix(Keys.CA, revision + 1):
-                if any(e.key in (Keys.CA_CERT, Keys.CA_KEY) for e in events):
+                if any(e.key in watched for e in events):
                     break
         except StoreError:
             await asyncio.sleep(retry)

@@ -26,8 +26,8 @@ from meshsec.agent.controlplane.renewal import (
 from meshsec.api.v1 import agent_pb2, agent_pb2_grpc
 from meshsec.controller.api.agent_service import AgentService, AgentSettings
 from meshsec.controller.api.tls_reload import ReloadableServerTLS
-from meshsec.controller.ca import CertificateAuthority, Sealer, load_ca, load_kek
-from meshsec.controller.ca.rollover import Action, RolloverPolicy, RolloverStore, follow_ca
+from meshsec.controller.ca import Sealer, load_ca, load_kek
+from meshsec.controller.ca.rollover import Action, CurrentCA, RolloverPolicy, RolloverStore, follow_ca
 from meshsec.controller.desired import DesiredState
 from meshsec.controller.store import Store
 
@@ -68,13 +68,13 @@ def test_agent_follows_a_ca_rollover_by_renewal(etcd: EtcdCluster, tmp_path: Pat
             agents = AgentService(store, state, ca, AgentSettings(heartbeat_seconds=0.5, replica="r2"))
             cert, key = ca.issue_server("r2")
             tls = ReloadableServerTLS(key, cert + ca.cert_pem, ca.bundle_pem)
-            seen: list[CertificateAuthority] = []
+            seen: list[CurrentCA] = []
 
-            def on_ca(new: CertificateAuthority) -> None:
-                agents._ca = new  # the hook the lead must add: AgentService signs with the current CA
-                c2, k2 = new.issue_server("r2")
-                tls.update(k2, c2 + new.cert_pem, new.bundle_pem)
-                seen.append(new)
+            def on_ca(cur: CurrentCA) -> None:
+                agents._ca = cur.signing  # the hook the lead must add: AgentService signs with the current CA
+                c2, k2 = cur.tls_issuer.issue_server("r2")
+                tls.update(k2, c2 + cur.tls_issuer.cert_pem, cur.bundle_pem)
+                seen.append(cur)
 
             server = grpc.aio.server()
             agent_pb2_grpc.add_AgentServiceServicer_to_server(agents, server)
@@ -93,10 +93,11 @@ def test_agent_follows_a_ca_rollover_by_renewal(etcd: EtcdCluster, tmp_path: Pat
                     await asyncio.sleep(0.02)
                 raise AssertionError("the replica did not follow the CA change")
 
+            synced: list[str] = []  # the bundle from the last Sync (NodeConfig.local.trusted_ca_pem)
             renewer = CertificateRenewer(
                 ident,
                 schedule=RenewalSchedule(RenewalPolicy(ca_switch_window=dt.timedelta(milliseconds=1))),
-                signing_ca=lambda: ident.ca_path.read_bytes(),
+                signing_ca=lambda: synced[-1] if synced else None,
             )
             try:
                 await asyncio.sleep(0.1)
@@ -110,19 +111,23 @@ def test_agent_follows_a_ca_rollover_by_renewal(etcd: EtcdCluster, tmp_path: Pat
                 await step(Action.BEGIN)
                 await asyncio.sleep(0.3)  # the DesiredState watch recompiles with the new bundle
                 both = await _trusted_bundle(address, ident)
-                assert len(x509.load_pem_x509_certificates(both.encode())) == 2
-                assert update_trust(ident, both.encode())  # the agent trusts both before B signs
+                synced.append(both)
+                assert len(x509.load_pem_x509_certificates(both.encode())) == 2  # IKE trusts both now
                 assert renewer.next_attempt() > dt.datetime.now(dt.UTC) + 5 * S  # A still signs
 
                 await step(Action.SWITCH)
                 await asyncio.sleep(0.3)
+                # ca.pem still holds only A: the server keeps presenting an A chain until A retires
+                assert len(x509.load_pem_x509_certificates(ident.ca_path.read_bytes())) == 1
                 switched = await _trusted_bundle(address, ident)  # the old certificate still syncs
-                update_trust(ident, switched.encode())
+                synced.append(switched)
                 assert renewer.next_attempt() <= dt.datetime.now(dt.UTC) + S  # issuer no longer signs
                 async with harness.node_channel(address, ident) as ch:
                     await renewer.renew_once(agent_pb2_grpc.AgentServiceStub(ch))
                 new_cert = x509.load_pem_x509_certificate(ident.cert_path.read_bytes())
                 assert authority_key_id(new_cert) == signing_ca_key_id(switched) != authority_key_id(old_cert)
+                assert ident.ca_path.read_bytes() == switched.encode()  # learnt from RenewResponse
+                assert await _trusted_bundle(address, ident) == switched  # the B certificate syncs
 
                 stale = AgentIdentity(tmp_path / "stale")
                 stale.directory.mkdir()
@@ -133,9 +138,9 @@ def test_agent_follows_a_ca_rollover_by_renewal(etcd: EtcdCluster, tmp_path: Pat
                 assert await _trusted_bundle(address, stale) == switched  # overlap: the old cert works
                 await step(Action.RETIRE)
                 await asyncio.sleep(0.3)
-                final = await _trusted_bundle(address, ident)  # new certificate, both CAs still in ca.pem
+                final = await _trusted_bundle(address, ident)  # the server now presents a B chain
                 assert len(x509.load_pem_x509_certificates(final.encode())) == 1
-                update_trust(ident, final.encode())
+                assert update_trust(ident, final.encode())
                 assert await _trusted_bundle(address, ident) == final  # only the new CA trusted now
                 stale.ca_path.write_bytes(final.encode())
                 try:

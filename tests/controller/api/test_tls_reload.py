@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from meshsec.controller.api.tls_reload import ReloadableServerTLS
 from meshsec.controller.ca import ROLE_NODE, CertificateAuthority, Sealer, load_or_create_ca
-from meshsec.controller.ca.rollover import Action, RolloverPolicy, RolloverStore, follow_ca
+from meshsec.controller.ca.rollover import Action, CurrentCA, RolloverPolicy, RolloverStore, follow_ca
 from meshsec.controller.store import Store
 
 from tests.support.etcd import EtcdCluster
@@ -40,12 +40,12 @@ def test_server_tls_follows_the_rollover(etcd: EtcdCluster) -> None:
             ca_a, _ = await load_or_create_ca(store, sealer)
             cert, key = ca_a.issue_server("r1")
             tls = ReloadableServerTLS(key, cert + ca_a.cert_pem, ca_a.bundle_pem)
-            current: list[CertificateAuthority] = []
+            current: list[CurrentCA] = []
 
-            def on_change(ca: CertificateAuthority) -> None:
-                c, k = ca.issue_server("r1")
-                tls.update(k, c + ca.cert_pem, ca.bundle_pem)
-                current.append(ca)
+            def on_change(cur: CurrentCA) -> None:
+                c, k = cur.tls_issuer.issue_server("r1")
+                tls.update(k, c + cur.tls_issuer.cert_pem, cur.bundle_pem)
+                current.append(cur)
 
             server = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
@@ -70,12 +70,16 @@ def test_server_tls_follows_the_rollover(etcd: EtcdCluster) -> None:
                 snap = await roll.read()
                 ca_b_cert = snap.bundle[1]
                 await step(Action.SWITCH)
-                ca_b = current[-1]
-                assert ca_b.cert == ca_b_cert
-                assert await _ok(port, both, ca_a) and await _ok(port, both, ca_b)  # overlap: both
-                assert await _ok(port, ca_b.cert_pem, ca_b)  # the server now presents a B chain
+                ca_b = current[-1].signing
+                assert ca_b.cert == ca_b_cert and current[-1].tls_issuer.sha256 == ca_a.sha256
+                # overlap: clients of both CAs are accepted, and a client that still trusts only the
+                # old CA (it has not renewed yet) can verify the server, which presents an A chain
+                assert await _ok(port, both, ca_a) and await _ok(port, both, ca_b)
+                assert await _ok(port, ca_a.cert_pem, ca_a) and await _ok(port, ca_a.cert_pem, ca_b)
+                assert not await _ok(port, ca_b.cert_pem, ca_b)  # not yet a B chain
                 await step(Action.RETIRE)
-                assert await _ok(port, ca_b.cert_pem, ca_b)
+                assert current[-1].tls_issuer.sha256 == ca_b.sha256
+                assert await _ok(port, ca_b.cert_pem, ca_b) and await _ok(port, both, ca_b)
                 assert not await _ok(port, both, ca_a)  # old CA's clients are refused
             finally:
                 follower.cancel()
