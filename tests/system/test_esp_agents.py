@@ -9,11 +9,9 @@ with one flipped bit and a truncated one are each dropped and counted while traf
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -75,7 +73,7 @@ def lab() -> Iterator[tuple[Topology, str]]:
 def test_ping_and_100mb_tcp_both_ways(lab: tuple[Topology, str], mode: str, family: int) -> None:
     topology, workdir = lab
     a, b, ta, tb, addr, _ = _pair(topology, workdir, family, mode)
-    src, dst = _inner(addr, mode)
+    _src, dst = _inner(addr, mode)
     ping = a.run("ping", "-c", "3", "-i", "0.2", "-W", "2", dst, check=False)
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert _iperf(a, b, dst, reverse=False) >= 100_000_000
@@ -85,7 +83,6 @@ def test_ping_and_100mb_tcp_both_ways(lab: tuple[Topology, str], mode: str, fami
         assert c["internal_errors"] == 0, c["last_internal_error"]
         assert c["sas"]["out"]["packets_out"] > 60_000  # the data really went through ESP
         assert c["drops"] == {}, c["drops"]
-    _ = src
 
 
 CAPTURE = r"""
@@ -113,7 +110,7 @@ for hexdata in sys.argv[2:]:
 def test_replayed_flipped_truncated_are_dropped_and_counted(lab: tuple[Topology, str]) -> None:
     topology, workdir = lab
     a, b, ta, tb, addr, (_if_a, if_b) = _pair(topology, workdir, 4, "tunnel")
-    src, dst = _inner(addr, "tunnel")
+    _src, dst = _inner(addr, "tunnel")
     cap = b.popen([sys.executable, "-c", CAPTURE, if_b], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     assert cap.stdout.readline().strip() == "ready"
     a.run("ping", "-c", "1", "-W", "2", dst)
@@ -149,8 +146,7 @@ def test_replayed_flipped_truncated_are_dropped_and_counted(lab: tuple[Topology,
     assert c["ike_in"] >= 1  # the non-ESP-marker datagram was handed to (absent) IKE, not to ESP
     ping = a.run("ping", "-c", "2", "-i", "0.2", "-W", "2", dst, check=False)
     assert ping.returncode == 0, "traffic must continue after the bad packets"
-    _ = (src, ta, socket)
-    time.sleep(0)
+    assert ta.counters()["internal_errors"] == 0
 
 
 def test_tso_super_packets_from_the_tun_are_segmented(lab: tuple[Topology, str]) -> None:

@@ -88,7 +88,7 @@ def test_icmp_too_big_and_mss_clamp(lab: tuple[Topology, str], family: int) -> N
     )
     topo.link(a, b, [f"{addr.underlay[0]}/{addr.prefix}"], [f"{addr.underlay[1]}/{addr.prefix}"])
     ta = StaticTunnel(a, cfg_a, workdir).start()
-    tb = StaticTunnel(b, cfg_b, workdir).start()
+    StaticTunnel(b, cfg_b, workdir).start()
     _a_in, b_in = (x.split("/")[0] for x in addr.overlay)
     limit = max_inner_packet(
         1500, transform_spec(12, 256, 12), mode=Mode.TUNNEL, outer_family=family, inner_family=family
@@ -108,5 +108,3 @@ def test_icmp_too_big_and_mss_clamp(lab: tuple[Topology, str], family: int) -> N
     out = a.run(sys.executable, "-c", PMTU_PROBE, b_in, timeout=30).stdout.strip()
     assert int(out) == limit, f"sender's path MTU {out}, SA limit {limit}"
     wait_for(lambda: ta.counters()["icmp_too_big_sent"] >= 1, timeout=3, what="ICMP too-big counter")
-
-    _ = tb

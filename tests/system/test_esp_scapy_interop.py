@@ -83,10 +83,10 @@ def lab() -> Iterator[tuple]:
 @pytest.mark.parametrize("mode", ["tunnel", "transport"])
 @pytest.mark.parametrize("transform", TRANSFORMS)
 def test_scapy_decrypts_ours_and_we_decrypt_scapys(lab, transform: str, mode: str, family: int) -> None:  # type: ignore[no-untyped-def]
-    topo, a, _b, peer, workdir = lab
+    _topo, a, _b, peer, workdir = lab
     esn = transform in ESN
     tag = f"{transform[:5]}{mode[:2]}{family}".replace("-", "")
-    cfg_a, cfg_b, addr = tunnel_pair_configs(family, mode, transform, tag="x", esn=esn)
+    cfg_a, _cfg_b, addr = tunnel_pair_configs(family, mode, transform, tag="x", esn=esn)
     cfg_a["tun"]["name"] = f"t{tag}"[:15]
     tunnel = StaticTunnel(a, cfg_a, workdir).start()
     try:
@@ -121,4 +121,3 @@ def test_scapy_decrypts_ours_and_we_decrypt_scapys(lab, transform: str, mode: st
         assert counters["drops"] == {}, counters
     finally:
         tunnel.stop()
-    _ = (topo, cfg_b)

@@ -128,13 +128,17 @@ def _wait_both(agent: AgentProc, charon: Charon, timeout: float = 15.0) -> None:
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["we-initiate", "charon-initiates"])
 def test_psk_tunnel_ping_and_tcp(lab: tuple[Topology, str], we_initiate: bool) -> None:
     topo, workdir = lab
-    us, sw, agent, _charon = _start(topo, workdir, we_initiate=we_initiate)
+    us, sw, agent, charon = _start(topo, workdir, we_initiate=we_initiate)
     _ping(us, SW_IN)
     _ping(sw, US_IN)
     assert _tcp(us, sw, SW_IN) >= 5_000_000  # our ESP out, charon's ESP back (ACKs)
     assert _tcp(sw, us, US_IN) >= 5_000_000  # charon's ESP out, ours back
-    c = agent.children("sw")[0]["counters"]
-    assert int(c["packetsIn"]) > 1000 and int(c["packetsOut"]) > 1000
+
+    def through_our_esp() -> bool:  # the status file is rewritten every 0.25 s
+        c = agent.children("sw")[0]["counters"]
+        return int(c["packetsIn"]) > 1000 and int(c["packetsOut"]) > 1000
+
+    wait(through_our_esp, 3.0, f"ESP counters; {agent.status()}\n{charon.list_sas()}")
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,12 @@ POLICY = RolloverPolicy(propagate=S, overlap=S, rotate_before=3 * S, ca_lifetime
 async def _ok(port: int, roots: bytes, ca: CertificateAuthority) -> bool:
     cert, key = ca.issue_keypair(ROLE_NODE, "client", dt.timedelta(hours=1))
     creds = grpc.ssl_channel_credentials(roots, key, cert)
-    opts = [("grpc.ssl_target_name_override", "meshsec-controller")]
+    opts = [("grpc.ssl_target_name_override", "meshsec-controller"), ("grpc.use_local_subchannel_pool", 1)]
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=opts) as ch:
         try:
             resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            print("DBG", exc.code(), exc.details())
             return False
     return resp.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -86,3 +87,37 @@ def test_server_tls_follows_the_rollover(etcd: EtcdCluster) -> None:
                 await server.stop(0)
 
     asyncio.run(asyncio.wait_for(body(), 40))
+
+
+def test_enrollment_style_server_without_client_certificates_reloads_too() -> None:
+    async def body() -> None:
+        ca_a, ca_b = CertificateAuthority.generate("A"), CertificateAuthority.generate("B")
+        cert, key = ca_a.issue_server("r1")
+        tls = ReloadableServerTLS(key, cert + ca_a.cert_pem, b"", require_client_auth=False)
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        port = server.add_secure_port("127.0.0.1:0", tls.credentials())
+        await server.start()
+
+        async def ok(roots: bytes) -> bool:
+            creds = grpc.ssl_channel_credentials(roots)
+            opts = [
+                ("grpc.ssl_target_name_override", "meshsec-controller"),
+                ("grpc.use_local_subchannel_pool", 1),
+            ]
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=opts) as ch:
+                try:
+                    await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3)
+                except grpc.aio.AioRpcError:
+                    return False
+            return True
+
+        try:
+            assert await ok(ca_a.cert_pem) and not await ok(ca_b.cert_pem)
+            cert, key = ca_b.issue_server("r1")
+            tls.update(key, cert + ca_b.cert_pem, b"")
+            assert await ok(ca_b.cert_pem) and not await ok(ca_a.cert_pem)
+        finally:
+            await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(body(), 20))

@@ -1,0 +1,6 @@
+"""Controller observability: Prometheus metrics and the /metrics, /healthz, /readyz HTTP endpoint.
+
+Owns metric definitions (metrics.py), the small HTTP server (http.py), the gRPC interceptor that counts
+Sync streams, enrollments and applies (grpc_metrics.py) and etcd request timing (etcd.py).  It must not
+change what the services do: it only observes.  Importing this package imports nothing else.
+"""
