@@ -31,12 +31,15 @@ from meshsec.agent.controlplane import (
     enroll,
     enroll_address,
 )
+from meshsec.agent.observability.metrics import AgentSources
+from meshsec.agent.observability.probes import AgentProbes, bind_reconciler, probe_sources, start_endpoint
 
 log = logging.getLogger("meshsec.agent")
 
 DEFAULT_STATE_DIR = "/var/lib/meshsec/agent"
 DEFAULT_CONTROLLER = "unix:///run/meshsec/controller.sock"
 LOG_EVERY = 60.0  # seconds between repeated "unreachable" lines
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9451"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report-interval", type=float, default=10.0, help="status report interval, seconds")
     p.add_argument("--log-level", default=env("MESHSEC_LOG_LEVEL", "info"), help="debug|info|warning")
+    p.add_argument(
+        "--metrics-listen",
+        default=None,
+        help="HTTP host:port for /metrics, /healthz (loop alive), /readyz (enrolled and synced) ('' = none; "
+        f"env MESHSEC_METRICS_LISTEN or MESHSEC_HEALTH_LISTEN; default {DEFAULT_METRICS_LISTEN}, loopback: "
+        "with hostNetwork another address exposes it on the node, your call)",
+    )
     return p
+
+
+def _metrics_listen(flag: str | None) -> tuple[str, bool]:
+    """The metrics address and whether the operator chose it (then failing to bind it is fatal)."""
+    from meshsec.controller.observability.http import ListenError, parse_listen
+
+    for value in (flag, os.environ.get("MESHSEC_METRICS_LISTEN"), os.environ.get("MESHSEC_HEALTH_LISTEN")):
+        if value is not None:
+            if value.strip():
+                try:
+                    parse_listen(value)
+                except ListenError as exc:
+                    raise ValueError(f"--metrics-listen: {exc}") from None
+            return value.strip(), True
+    return DEFAULT_METRICS_LISTEN, False
 
 
 def _reconciler(spec: str) -> Reconciler:
@@ -123,6 +148,23 @@ async def _enroll(args: argparse.Namespace, identity: AgentIdentity) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     identity = AgentIdentity(args.state_dir)
+    probes = AgentProbes(identity.enrolled)
+    sources = probe_sources(probes, args.node)
+    listen, required = _metrics_listen(args.metrics_listen)
+    endpoint = start_endpoint(listen, probes, sources, required=required)
+    ticker = asyncio.create_task(probes.tick_forever(), name="liveness")
+    try:
+        return await _run(args, identity, probes, sources)
+    finally:
+        probes.stopping = True
+        ticker.cancel()
+        if endpoint is not None:
+            endpoint.close()
+
+
+async def _run(
+    args: argparse.Namespace, identity: AgentIdentity, probes: AgentProbes, sources: AgentSources
+) -> int:
     if not identity.enrolled():
         if not args.node:
             raise EnrollError("--node is required to enroll")
@@ -141,12 +183,16 @@ async def run(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         report_interval=args.report_interval,
     )
+    probes.client = client
+    sources.node = node
+    bind_reconciler(sources, reconciler, asyncio.get_running_loop())
     task = asyncio.create_task(client.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    probes.stopping = True  # /readyz fails while SAs are being deleted
     task.cancel()
     try:
         with contextlib.suppress(asyncio.CancelledError):

@@ -27,6 +27,22 @@ log = logging.getLogger("meshsec.controller")
 DEFAULT_STATE_DIR = "/var/lib/meshsec/controller"
 DEFAULT_SOCKET = "/run/meshsec/controller.sock"
 DEFAULT_ENROLL_SOCKET = "/run/meshsec/enroll.sock"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9450"
+
+
+def _metrics_listen(flag: str | None) -> tuple[str, bool]:
+    """The metrics address and whether the operator chose it (then failing to bind it is fatal)."""
+    from meshsec.controller.observability.http import ListenError, parse_listen
+
+    for value in (flag, os.environ.get("MESHSEC_METRICS_LISTEN"), os.environ.get("MESHSEC_HEALTH_LISTEN")):
+        if value is not None:
+            if value.strip():
+                try:
+                    parse_listen(value)
+                except ListenError as exc:
+                    raise RuntimeError(f"--metrics-listen: {exc}") from None
+            return value.strip(), True
+    return DEFAULT_METRICS_LISTEN, False
 
 
 def _endpoints(text: str) -> list[str]:
@@ -118,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_env("MESHSEC_SINGLETON_JOBS", "") == "1",
         help="run the singleton jobs (gc, CA rotation) under an etcd election (env MESHSEC_SINGLETON_JOBS=1)",
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        default=None,
+        help="HTTP host:port for /metrics, /healthz, /readyz ('' = none; env MESHSEC_METRICS_LISTEN or "
+        f"MESHSEC_HEALTH_LISTEN; default {DEFAULT_METRICS_LISTEN}, loopback: another address is your call)",
     )
     serve.add_argument("--heartbeat", type=float, default=5.0, help="Sync heartbeat interval, seconds")
     serve.add_argument("--agent-lease-ttl", type=int, default=10, help="agent liveness lease TTL, seconds")
@@ -215,6 +237,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         etcd_peer_port=args.etcd_peer_port,
         singleton_jobs=args.singleton_jobs,
     )
+    cfg.metrics_listen, cfg.metrics_required = _metrics_listen(args.metrics_listen)
     if args.replica:
         cfg.replica = args.replica
     controller = Controller(cfg)

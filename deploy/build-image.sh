@@ -7,7 +7,7 @@
 #   4. a smoke run of the image (no network) and `podman save` to an archive for containerd/kind.
 #
 # Usage: deploy/build-image.sh [--tag TAG] [--out DIR] [--cache DIR] [--wheelhouse DIR] [--rebuild-base]
-# Needs root and Debian packages: debootstrap podman runc (buildah optional).  Exit 0 on success.
+# Needs root and Debian packages: debootstrap podman runc.  Exit 0 on success.
 # Set MESHSEC_STORAGE_DRIVER=vfs where overlayfs is not available for podman's storage.
 set -euo pipefail
 
@@ -73,7 +73,7 @@ if [ -z "$WHEELHOUSE" ]; then
     log "wheelhouse: pip wheel meshsec into $WHEELHOUSE"
     rm -f "$WHEELHOUSE"/meshsec-*.whl
     python3 -m pip wheel -q --disable-pip-version-check --wheel-dir "$WHEELHOUSE" "$ROOT" 2>&1 \
-        | grep -v "Running pip as the 'root' user" || true
+        | grep -v -e "Running pip as the 'root' user" -e "is ignored: it is neither a file" || true
 fi
 ls "$WHEELHOUSE"/meshsec-*.whl >/dev/null 2>&1 || die "no meshsec wheel in $WHEELHOUSE"
 mkdir -p "$WORK/context"

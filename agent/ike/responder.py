@@ -14,6 +14,7 @@ import logging
 import os
 from collections import Counter, deque
 from collections.abc import Callable
+from math import inf
 
 from .config import IkeConfig
 from .constants import IKE_PORT, Exchange, Flag, Notify
@@ -45,6 +46,9 @@ class IkeResponder:
         self._events: deque[tuple[IkeSession, Event]] = deque()
         self._out: list[tuple[bytes, Addr, int]] = []
         self._child_spis: set[bytes] = set()
+        # each live session's next deadline as of its last sync(), so that get_timer() -- called after
+        # every datagram -- is one min() over floats instead of a get_timer() call per session
+        self._deadlines: dict[int, float] = {}
         self._v1_logged: set[str] = set()
         self.stats: Counter[str] = Counter()
         self._finished_stats: Counter[str] = Counter()
@@ -97,13 +101,14 @@ class IkeResponder:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        times = [t for t in (s.get_timer() for s in self.sessions) if t is not None]
+        times = [min(self._deadlines.values())] if self._deadlines else []
         g = self.guard.next_deadline()
         if g is not None:
             times.append(g)
         if self._tombstones:
             times.append(min(v[0] for v in self._tombstones.values()))
-        return min(times) if times else None
+        m = min(times) if times else inf
+        return None if m == inf else m
 
     def handle_timer(self, now: float) -> None:
         self._now = now
@@ -216,8 +221,11 @@ class IkeResponder:
         for spi in new:
             self._by_spi[spi] = s
         self._spis[id(s)] = new
+        t = s.get_timer()
+        self._deadlines[id(s)] = inf if t is None else t
         if s.finished:
             self._spis.pop(id(s), None)
+            self._deadlines.pop(id(s), None)
             key = self._init_key.pop(id(s), None)
             if key is not None and self._by_init.get(key) is s:
                 del self._by_init[key]

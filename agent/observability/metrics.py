@@ -10,8 +10,10 @@ docs/metrics.md describes every metric; keep the two in step.
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from meshsec.api.v1 import status_pb2
@@ -95,6 +97,38 @@ _STATUS_DROP_FIELDS = {
     "policy_drops": ("in", "policy"),
 }
 
+# IKE failure reasons are free text ("IKE_SA_INIT from 198.18.0.2:500: NO_PROPOSAL_CHOSEN ..."); the label
+# is the first IKEv2 notify-style name in it that is not an exchange name, or a cause found by phrase.
+_NOTIFY_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+_EXCHANGE_NAMES = frozenset({"IKE_SA_INIT", "IKE_AUTH", "CREATE_CHILD_SA", "INFORMATIONAL", "IKE_SA"})
+_PHRASES = (
+    ("half-open", "half_open_timeout"),
+    ("peer dead", "peer_dead"),
+    ("liveness", "peer_dead"),
+    ("did not answer", "timeout"),
+    ("retransmission", "timeout"),
+)
+MAX_REASON_LEN = 40
+
+
+def failure_reason(text: str) -> str:
+    """A bounded label for an IKE failure reason: "AUTHENTICATION_FAILED", "timeout", ... or "other".
+
+    The runtime should count failures under this (not the raw text, which carries addresses and
+    details), so the set of label values stays small.
+    """
+    for match in _NOTIFY_NAME.finditer(text):
+        if match.group(0) not in _EXCHANGE_NAMES:
+            return match.group(0)[:MAX_REASON_LEN]
+    lowered = text.lower()
+    for phrase, label in _PHRASES:
+        if phrase in lowered:
+            return label
+    if re.fullmatch(r"[a-z0-9_]{1,40}", text):  # already a label
+        return text
+    return "other"
+
+
 StatusFn = Callable[[], status_pb2.NodeStatus | None]
 CountersFn = Callable[[], Any]  # -> DataplaneCounters | None (duck-typed: plain int attributes + drops)
 FailuresFn = Callable[[], Mapping[str, int] | None]
@@ -122,7 +156,6 @@ class AgentSources:
     ready: FlagFn | None = None
     version: str = ""
     node: str = ""
-    extra_info: dict[str, str] = field(default_factory=dict)
 
 
 def _drop_key(key: str) -> tuple[str, str]:
@@ -142,6 +175,21 @@ class AgentCollector(Collector):
     def __init__(self, sources: AgentSources) -> None:
         self.sources = sources
         self.scrape_errors = 0
+        self._high: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._lock = threading.Lock()
+
+    def _count(self, family: CounterMetricFamily, labels: list[str], value: float) -> None:
+        """Add a counter sample that never goes down.
+
+        Totals built from live SAs can dip for a moment (a rekeyed Child SA's counters leave the live
+        set before they join the retired sums); Prometheus would read a dip as a counter reset and
+        report a burst of traffic that never happened.  The high-water mark per series prevents it.
+        """
+        key = (family.name, tuple(labels))
+        with self._lock:
+            value = max(float(value), self._high.get(key, 0.0))
+            self._high[key] = value
+        family.add_metric(labels, value)
 
     def describe(self) -> Iterable[Any]:
         return []  # unchecked collector: families depend on the runtime's state
@@ -164,7 +212,6 @@ class AgentCollector(Collector):
         labels = {"version": src.version or (status.agent_version if status else ""), "node": src.node}
         if status is not None and status.node:
             labels["node"] = status.node
-        labels.update(src.extra_info)
         info.add_metric([], labels)
         yield info
 
@@ -191,8 +238,7 @@ class AgentCollector(Collector):
             SCRAPE_ERRORS, "Metric sources that raised during a scrape.", value=self.scrape_errors
         )
 
-    @staticmethod
-    def _from_status(status: status_pb2.NodeStatus) -> Iterable[Any]:
+    def _from_status(self, status: status_pb2.NodeStatus) -> Iterable[Any]:
         ike = {label: 0 for label in IKE_STATE_LABEL.values() if label != "unspecified"}
         child = {label: 0 for label in CHILD_STATE_LABEL.values() if label != "unspecified"}
         up = GaugeMetricFamily(
@@ -219,7 +265,7 @@ class AgentCollector(Collector):
             up.add_metric([p.peer], 1.0 if p.ike_state in _UP_STATES and installed else 0.0)
             if p.dpd_rtt_us:
                 rtt.add_metric([p.peer], p.dpd_rtt_us / 1e6)
-            rekeys.add_metric([p.peer], p.rekeys)
+            self._count(rekeys, [p.peer], p.rekeys)
         ike_f = GaugeMetricFamily(IKE_SAS, "Configured peers by the state of their IKE SA.", labels=["state"])
         for label, n in ike.items():
             ike_f.add_metric([label], n)
@@ -244,18 +290,17 @@ class AgentCollector(Collector):
         traffic_bytes = CounterMetricFamily(
             BYTES, "ESP payload bytes over all SAs, by direction.", labels=["direction"]
         )
-        traffic_bytes.add_metric(["in"], total.bytes_in)
-        traffic_bytes.add_metric(["out"], total.bytes_out)
+        self._count(traffic_bytes, ["in"], total.bytes_in)
+        self._count(traffic_bytes, ["out"], total.bytes_out)
         traffic_packets = CounterMetricFamily(
             PACKETS, "ESP packets over all SAs, by direction.", labels=["direction"]
         )
-        traffic_packets.add_metric(["in"], total.packets_in)
-        traffic_packets.add_metric(["out"], total.packets_out)
+        self._count(traffic_packets, ["in"], total.packets_in)
+        self._count(traffic_packets, ["out"], total.packets_out)
         yield traffic_bytes
         yield traffic_packets
 
-    @staticmethod
-    def _drops(status: status_pb2.NodeStatus | None, dp: Any) -> Iterable[Any]:
+    def _drops(self, status: status_pb2.NodeStatus | None, dp: Any) -> Iterable[Any]:
         counts: dict[tuple[str, str], int] = dict.fromkeys(STANDARD_DROPS, 0)
         if dp is not None:
             for key, n in dict(getattr(dp, "drops", {}) or {}).items():
@@ -272,18 +317,21 @@ class AgentCollector(Collector):
             DROPS, "Packets dropped, by direction and reason.", labels=["direction", "reason"]
         )
         for (direction, reason), n in sorted(counts.items()):
-            family.add_metric([direction, reason], n)
+            self._count(family, [direction, reason], n)
         yield family
 
-    @staticmethod
-    def _failures(failures: Mapping[str, int] | None) -> Iterable[Any]:
+    def _failures(self, failures: Mapping[str, int] | None) -> Iterable[Any]:
         family = CounterMetricFamily(
             IKE_FAILURES,
             "IKE SA setups and Child SA negotiations that failed, by reason (notify type or local cause).",
             labels=["reason"],
         )
-        for reason, n in sorted((failures or {}).items()):
-            family.add_metric([str(reason)], int(n))
+        merged: dict[str, int] = {}
+        for reason, n in (failures or {}).items():
+            label = failure_reason(str(reason))
+            merged[label] = merged.get(label, 0) + int(n)
+        for label, n in sorted(merged.items()):
+            self._count(family, [label], n)
         yield family
 
 

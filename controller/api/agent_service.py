@@ -4,10 +4,17 @@ Owns the per-stream logic.  Each open Sync stream holds an etcd lease with conne
 (agent liveness); each Report stream holds one with status/<node> bound to it.  Versions sent are
 DesiredState versions (etcd revisions); an agent resuming from a version gets a delta when this
 replica can reconstruct what it holds, else a snapshot.
+
+Scale: a stream never holds or diffs its agent's whole config.  On a change every stream wakes once,
+asks DesiredState for the per-node delta since the version its agent holds (for a one-node change in
+a full mesh: one upserted peer) and sends only that; whole snapshots are built on demand, a few at a
+time.  Large snapshots need a raised max message size on both ends (MAX_MESSAGE_BYTES).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -22,11 +29,21 @@ from cryptography.hazmat.primitives import serialization
 from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, config_pb2
 from meshsec.controller.api.auth import require_node
 from meshsec.controller.ca import CertificateAuthority, CsrInvalid, TokenRefused, consume_token, fingerprint
-from meshsec.controller.desired import DesiredState, diff
+from meshsec.controller.desired import DesiredState
+from meshsec.controller.observability import metrics
 from meshsec.controller.store import Keys, Store, StoreError
 from meshsec.controller.store.lease import LeaseHolder
 
 log = logging.getLogger(__name__)
+
+# A 10,000-node full-mesh snapshot is ~2.6 MB, above gRPC's 4 MiB default only from ~15,000 peers, but a
+# NodeStatus reporting one SA per peer grows the same way.  Servers and agent channels should set
+# grpc.max_send_message_length / grpc.max_receive_message_length to this.
+MAX_MESSAGE_BYTES = 64 << 20
+GRPC_MESSAGE_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
 
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -37,13 +54,11 @@ class AgentSettings:
     agent_lease_ttl: int = 10
     node_cert_lifetime: dt.timedelta = dt.timedelta(days=30)
     replica: str = "controller"
+    concurrent_snapshots: int = 4  # snapshots built or in flight at once (each up to megabytes)
 
 
-def _content(cfg: config_pb2.NodeConfig) -> config_pb2.NodeConfig:
-    c = config_pb2.NodeConfig()
-    c.CopyFrom(cfg)
-    c.version = 0
-    return c
+def _is_empty(delta: config_pb2.NodeConfigDelta) -> bool:
+    return not (delta.HasField("local") or delta.upsert_peers or delta.remove_peers)
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -54,6 +69,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._state = state
         self._ca = ca
         self._s = settings
+        self._snapshots = asyncio.Semaphore(settings.concurrent_snapshots)
 
     # -- enrollment ------------------------------------------------------------------------------
     async def _record_cert(self, node: str, cert: x509.Certificate) -> None:
@@ -126,6 +142,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         )
 
     # -- sync ------------------------------------------------------------------------------------
+    async def _snapshot(self, node: str) -> AsyncIterator[agent_pb2.SyncResponse]:
+        """Build and send the whole NodeConfig.  The semaphore is held until the message is sent, so a
+        reconnect storm of a large mesh never holds thousands of multi-megabyte snapshots at once."""
+        async with self._snapshots:
+            cfg = await self._state.snapshot(node)
+            yield agent_pb2.SyncResponse(version=cfg.version, snapshot=cfg)
+
     async def Sync(
         self, request: agent_pb2.SyncRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.SyncResponse]:
@@ -139,29 +162,29 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         )
         try:
             resume = request.resume_from_version
-            held = await self._state.held_at(node, resume)
-            current = self._state.current(node)
-            if held is None:
-                log.info(
-                    "sync %s: snapshot at version %d (asked to resume from %d)", node, current.version, resume
-                )
-                yield agent_pb2.SyncResponse(version=current.version, snapshot=current)
-                agent_version = current.version
+            delta = await self._state.delta_since(node, resume)
+            if delta is None:
+                async with contextlib.aclosing(self._snapshot(node)) as snapshot:
+                    async for resp in snapshot:
+                        log.info(
+                            "sync %s: snapshot at version %d (asked to resume from %d)",
+                            node,
+                            resp.version,
+                            resume,
+                        )
+                        agent_version = resp.version
+                        yield resp
+                resp = None  # an idle stream must not pin its snapshot (megabytes in a large mesh)
+            elif _is_empty(delta):
+                agent_version = delta.to_version
+                log.info("sync %s: resumed at %d, up to date", node, agent_version)
+                yield agent_pb2.SyncResponse(version=agent_version, heartbeat=agent_pb2.Heartbeat())
             else:
-                agent_version = max(resume, current.version)
-                delta = diff(held, _content(current))
-                if delta.HasField("local") or delta.upsert_peers or delta.remove_peers:
-                    delta.from_version, delta.to_version = resume, current.version
-                    agent_version = current.version
-                    log.info("sync %s: resumed from %d with a delta to %d", node, resume, current.version)
-                    yield agent_pb2.SyncResponse(version=current.version, delta=delta)
-                else:
-                    log.info("sync %s: resumed at %d, up to date", node, agent_version)
-                    yield agent_pb2.SyncResponse(version=agent_version, heartbeat=agent_pb2.Heartbeat())
-            sent = _content(current)
-            seen_version = current.version
+                agent_version = delta.to_version
+                log.info("sync %s: resumed from %d with a delta to %d", node, resume, agent_version)
+                yield agent_pb2.SyncResponse(version=agent_version, delta=delta)
             while True:
-                changed = await self._state.wait_change(seen_version, self._s.heartbeat_seconds)
+                changed = await self._state.wait_change(agent_version, self._s.heartbeat_seconds)
                 if self._state.is_revoked(ident.fingerprint):
                     await context.abort(
                         grpc.StatusCode.PERMISSION_DENIED, f"certificate of {node} was revoked"
@@ -169,17 +192,26 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 if not changed:
                     yield agent_pb2.SyncResponse(version=agent_version, heartbeat=agent_pb2.Heartbeat())
                     continue
-                current = self._state.current(node)
-                seen_version = current.version
-                now = _content(current)
-                if now == sent:  # another node's change: tell the agent its config holds at this version
-                    agent_version = current.version
-                    yield agent_pb2.SyncResponse(version=agent_version, heartbeat=agent_pb2.Heartbeat())
+                delta = await self._state.delta_since(node, agent_version)
+                if delta is None:  # the history no longer reaches our version (the state was rebuilt)
+                    log.info("sync %s: history lost version %d; sending a snapshot", node, agent_version)
+                    async with contextlib.aclosing(self._snapshot(node)) as snapshot:
+                        async for resp in snapshot:
+                            agent_version = resp.version
+                            yield resp
+                    resp = None
                     continue
-                delta = diff(sent, now)
-                delta.from_version, delta.to_version = agent_version, current.version
-                yield agent_pb2.SyncResponse(version=current.version, delta=delta)
-                sent, agent_version = now, current.version
+                if _is_empty(delta):  # another node's change: the agent's config holds at this version
+                    resp = agent_pb2.SyncResponse(version=delta.to_version, heartbeat=agent_pb2.Heartbeat())
+                else:
+                    resp = agent_pb2.SyncResponse(version=delta.to_version, delta=delta)
+                agent_version = resp.version
+                yield resp
+                if not resp.HasField("heartbeat"):
+                    seen = self._state.seen_at(resp.version)
+                    if seen is not None:
+                        metrics.observe_push(seen)
+                resp = delta = None  # (a fleet-wide change makes every delta as large as a snapshot)
         finally:
             await liveness.close()
 

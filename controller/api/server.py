@@ -32,6 +32,9 @@ from meshsec.controller.ca import CANotInitialized, CertificateAuthority, Sealer
 from meshsec.controller.ca.kek import KEK_FILENAME
 from meshsec.controller.desired import DesiredState
 from meshsec.controller.desired.contracts import using_standins
+from meshsec.controller.observability.etcd import instrument_store
+from meshsec.controller.observability.grpc_metrics import MetricsInterceptor
+from meshsec.controller.observability.probes import ControllerProbes, start_endpoint
 from meshsec.controller.store import Store, StoreError
 from meshsec.controller.store.embedded import EmbeddedEtcd
 
@@ -63,6 +66,8 @@ class ControllerConfig:
     etcd_client_port: int = 0
     etcd_peer_port: int = 0
     singleton_jobs: bool = False  # run controller/jobs (gc, CA rotation) under the etcd election
+    metrics_listen: str | None = None  # HTTP /metrics /healthz /readyz (controller/observability)
+    metrics_required: bool = False  # False: a taken port only disables the endpoint, with a warning
 
 
 async def open_store(cfg: ControllerConfig) -> tuple[Store, EmbeddedEtcd | None]:
@@ -103,6 +108,8 @@ class Controller:
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: object | None = None
+        self.probes = ControllerProbes(cfg.replica)
+        self.metrics_server: object | None = None  # ObservabilityServer when cfg.metrics_listen
 
     @property
     def address(self) -> str:
@@ -135,7 +142,16 @@ class Controller:
 
     async def start(self) -> None:
         sealer = Sealer(load_kek(self.cfg.state_dir / KEK_FILENAME))
-        self.store, self.embedded = await open_store(self.cfg)
+        if self.cfg.metrics_listen:  # first, so probes answer (503 "starting") while etcd comes up
+            self.metrics_server = start_endpoint(
+                self.cfg.metrics_listen, self.probes, required=self.cfg.metrics_required
+            )
+        try:
+            self.store, self.embedded = await open_store(self.cfg)
+        except BaseException:
+            self._close_metrics()
+            raise
+        instrument_store(self.store)
         try:
             ca = await wait_for_ca(self.store, sealer)
         except (CANotInitialized, StoreError):
@@ -158,7 +174,7 @@ class Controller:
         cert_pem, key_pem = ca.issue_server(self.cfg.replica)
         pair = [(key_pem, cert_pem + ca.cert_pem)]
 
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor()])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
         admin = AdminService(self.store, self.state, ca)
         self._mount_lifecycle(admin, sealer)
@@ -170,7 +186,7 @@ class Controller:
         mtls = grpc.ssl_server_credentials(pair, root_certificates=ca.bundle_pem, require_client_auth=True)
         self.port = self._bind(server, self.cfg.listen, self.cfg.socket, mtls)
 
-        enroll_server = grpc.aio.server(options=SERVER_OPTIONS)
+        enroll_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor()])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, enroll_server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, enroll_server)
         tls = grpc.ssl_server_credentials(pair, root_certificates=None, require_client_auth=False)
@@ -214,6 +230,7 @@ class Controller:
                     await self.store.revision(timeout=1.0)
                 except StoreError:
                     now = False
+            self.probes.update(loaded=self.state.ready.is_set(), etcd_ok=now)
             if now != serving:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING
@@ -244,7 +261,13 @@ class Controller:
         assert self.store is not None and self.state is not None
         mount(admin, LifecycleHandlers(self.store, sealer, self.state.is_revoked))
 
+    def _close_metrics(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()  # type: ignore[attr-defined]
+            self.metrics_server = None
+
     async def stop(self, grace: float = 1.0) -> None:
+        self.probes.stopping()
         if self._runner is not None:
             with contextlib.suppress(Exception):
                 await self._runner.close()  # type: ignore[attr-defined]
@@ -264,3 +287,4 @@ class Controller:
         if self.embedded is not None:
             await self.embedded.stop()
             self.embedded = None
+        self._close_metrics()

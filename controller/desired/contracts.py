@@ -187,12 +187,20 @@ class _FullCompiler:
     def __init__(self, creds: Any) -> None:
         self.creds = creds
         self._configs: dict[str, config_pb2.NodeConfig] = {}
+        self._deltas: dict[str, config_pb2.NodeConfigDelta] = {}
 
     def update(self, spec: spec_pb2.MeshSpec, creds: Any = None) -> set[str]:
         if creds is not None:
             self.creds = creds
         new = compile_mesh(spec, self.creds)
         changed = {n for n in new.keys() | self._configs.keys() if new.get(n) != self._configs.get(n)}
+        self._deltas = {
+            n: _standin_diff(
+                self._configs.get(n, config_pb2.NodeConfig(local=config_pb2.LocalConfig(name=n))),
+                new.get(n, config_pb2.NodeConfig(local=config_pb2.LocalConfig(name=n))),
+            )
+            for n in changed
+        }
         self._configs = new
         return changed
 
@@ -201,14 +209,21 @@ class _FullCompiler:
         out.CopyFrom(self._configs[name])  # KeyError: not an agent (any more)
         return out
 
+    def config_bytes(self, name: str) -> bytes:
+        return self._configs[name].SerializeToString(deterministic=True)
+
+    def delta(self, name: str) -> config_pb2.NodeConfigDelta | None:
+        return self._deltas.get(name)
+
 
 _MeshCompiler = _optional("meshsec.controller.compiler", "MeshCompiler")
 
 
-def new_compiler(creds: Any) -> Any:
-    """An incremental compiler: `update(spec, creds) -> changed agents`, `config(name)` (KeyError if none)."""
+def new_compiler(creds: Any, cache_peers: int = 200_000) -> Any:
+    """An incremental compiler: `update(spec, creds) -> changed agents`, `config_bytes(name)` (KeyError
+    if none), `delta(name)`.  `cache_peers` bounds the peer entries it keeps materialized."""
     if _MeshCompiler is not None and compile_mesh is not _standin_compile_mesh:
-        return _MeshCompiler(compiler_credentials(creds))
+        return _MeshCompiler(compiler_credentials(creds), cache_peers=cache_peers)
     return _FullCompiler(compiler_credentials(creds))
 
 

@@ -81,8 +81,12 @@ def _sync_stream(
 
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         connected = False
+        result: Any = behavior(request, context)
+        if not hasattr(result, "__aiter__"):  # a handler writing with context.write(): nothing to count
+            await result
+            return
         try:
-            async for response in behavior(request, context):
+            async for response in result:
                 if not connected:
                     connected = True
                     m.CONNECTED_AGENTS.inc()

@@ -49,23 +49,31 @@ def _verify(ca: Path, cert: Path, hostname: str) -> subprocess.CompletedProcess[
     )
 
 
-def test_etcd_tls_secret_covers_every_member_the_chart_names(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("release", "namespace"), [("meshsec", "meshsec"), ("edge", "vpn")])
+def test_etcd_tls_secret_covers_every_member_the_chart_names(
+    tmp_path: Path, release: str, namespace: str
+) -> None:
+    gen = DEPLOY / "gen-etcd-tls.sh"
     out = subprocess.run(
-        ["bash", str(DEPLOY / "gen-etcd-tls.sh"), str(tmp_path / "pki")],
+        ["bash", str(gen), "--release", release, "--namespace", namespace, str(tmp_path / "pki")],
         check=True,
         capture_output=True,
         text=True,
         timeout=60,
     ).stdout
     secret = yaml.safe_load(out)
-    objs = render.render({})
+    objs = render.render({}, release=release, namespace=namespace)
+    prefix = release if "meshsec" in release else f"{release}-meshsec"
     assert render.validate([secret], "1.30.0") == []
-    sts = find(objs, "StatefulSet", "meshsec-etcd")
+    assert secret["metadata"]["namespace"] == namespace
+    sts = find(objs, "StatefulSet", f"{prefix}-etcd")
     vol = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
     assert secret["metadata"]["name"] == vol["secret"]["secretName"]
     assert set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key"}
     assert (tmp_path / "pki" / "tls.key").stat().st_mode & 0o077 == 0
-    ctrl = container(find(objs, "Deployment", "meshsec-controller")["spec"]["template"]["spec"], "controller")
+    ctrl = container(
+        find(objs, "Deployment", f"{prefix}-controller")["spec"]["template"]["spec"], "controller"
+    )
     for endpoint in env(ctrl)["MESHSEC_ETCD"]["value"].split(","):
         host = urlparse(endpoint).hostname
         assert host

@@ -261,3 +261,35 @@ def test_single_member_etcd_render() -> None:
     cluster = next(a for a in args if a.startswith("--initial-cluster="))
     assert cluster.count("=https://") == 1
     assert find(objs, "PodDisruptionBudget", "meshsec-etcd")["spec"]["minAvailable"] == 1
+
+
+def test_metrics_annotations_point_at_the_health_ports(default_objs: list[Obj]) -> None:
+    for kind, name, port in (
+        ("DaemonSet", "meshsec-agent", "9091"),
+        ("Deployment", "meshsec-controller", "9090"),
+    ):
+        ann = find(default_objs, kind, name)["spec"]["template"]["metadata"]["annotations"]
+        assert ann == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": port,
+            "prometheus.io/path": "/metrics",
+        }
+    off = render.render({"agent": {"metrics": {"enabled": False}, "podAnnotations": {"a": "b"}}})
+    assert find(off, "DaemonSet", "meshsec-agent")["spec"]["template"]["metadata"]["annotations"] == {
+        "a": "b"
+    }
+
+
+def test_names_follow_the_release_and_namespace() -> None:
+    objs = render.render({}, release="edge", namespace="vpn")
+    assert {o["metadata"].get("namespace", "vpn") for o in objs} == {"vpn"}
+    assert all(o["metadata"]["name"].startswith("edge-meshsec-") for o in objs)
+    spec = find(objs, "Deployment", "edge-meshsec-controller")["spec"]["template"]["spec"]
+    etcd = env(container(spec, "controller"))["MESHSEC_ETCD"]["value"].split(",")
+    assert urlparse(etcd[0]).hostname == "edge-meshsec-etcd-0.edge-meshsec-etcd-peer.vpn.svc"
+    agent = env(container(find(objs, "DaemonSet", "edge-meshsec-agent")["spec"]["template"]["spec"], "agent"))
+    assert agent["MESHSEC_CONTROLLER"]["value"] == "edge-meshsec-controller.vpn.svc:7443"
+    binding = find(objs, "ClusterRoleBinding", "edge-meshsec-agent")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "edge-meshsec-agent", "namespace": "vpn"}
+    ]

@@ -1,10 +1,14 @@
 """Two of our agents, each started from a static NodeConfig file in its own namespace: IKE, ESP, routes.
 
-Proves the whole agent path without a controller: PeerConfig -> IKE SA (PSK or certificates made
+Proves the whole agent path without a controller: PeerConfig -> IKE SA (PSK, or certificates made
 here), Child SA -> ESP SAs installed in the data plane, remote subnets routed into the TUN; ping and
-an iperf3 TCP transfer in tunnel mode (subnet to subnet) and transport mode (host to host); rekeys
-of Child and IKE SAs under a 100 pps ping lose nothing; SIGTERM sends DELETE so the peer drops its SA
-at once (not by DPD); a peer that vanishes is noticed by DPD.
+an iperf3 TCP transfer in tunnel mode (subnet to subnet, IPv4 and IPv6) and transport mode (host to
+host); Child and IKE SA rekeys from either side under a 100 pps ping lose nothing; a second child is
+created on the same IKE SA; SIGTERM sends DELETE so the peer drops its SA at once (not by DPD); DPD
+notices a peer that vanished; an agent killed with SIGKILL (initiator or responder) has its tunnel
+back within seconds of its restart; SIGHUP re-reads the file: changed ESP proposals replace the SA
+make-before-break with zero loss, a removed peer gets DELETE and loses its route, a returning one is
+back.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from meshsec.api.v1 import config_pb2, spec_pb2
 
 from tests.agent.runtime.harness import AgentProc, TestCa, node, peer, wait
 from tests.support.netns import Namespace, Topology
@@ -245,3 +250,91 @@ def test_reconfigure_by_file_crypto_change_removal_and_return(lab: tuple[Topolog
     ag_a.signal(signal.SIGHUP)
     ag_a.wait_up("b")
     _ping(a, B_IN, 3, ag_a, ag_b)
+
+
+def test_two_children_on_one_ike_sa(lab: tuple[Topology, str]) -> None:
+    """The first child comes with IKE_AUTH, the second from CREATE_CHILD_SA started by the plan."""
+    topo, workdir = lab
+    a, b = _hosts(topo)
+    a.ip("addr", "add", "198.19.3.1/32", "dev", "lo")
+    b.ip("addr", "add", "198.19.4.1/32", "dev", "lo")
+
+    def two(p: config_pb2.PeerConfig, local: str, remote: str) -> config_pb2.PeerConfig:
+        p.children.add(name="lan2", mode=spec_pb2.MODE_TUNNEL, local_ts=[local], remote_ts=[remote])
+        p.children[1].esp_proposals.append("aes128gcm16")
+        return p
+
+    pa = two(peer("b", endpoint=B_UL, local_ts=[A_NET], remote_ts=[B_NET]), "198.19.3.0/24", "198.19.4.0/24")
+    pb = two(
+        peer("a", endpoint=A_UL, local_ts=[B_NET], remote_ts=[A_NET], initiate=False),
+        "198.19.4.0/24",
+        "198.19.3.0/24",
+    )
+    ag_b = AgentProc(b, workdir, "b", node("b", [pb])).start()
+    ag_a = AgentProc(a, workdir, "a", node("a", [pa])).start()
+    st = ag_a.wait_up("b", children=2)
+    assert sorted(c["name"] for c in st["children"]) == ["lan2", "net"]
+    ag_b.wait_up("a", children=2)
+    _ping(a, B_IN)
+    _ping(a, "198.19.4.1")
+    _ping(b, "198.19.3.1")
+
+
+def test_ipv6_underlay_and_overlay(lab: tuple[Topology, str]) -> None:
+    topo, workdir = lab
+    a, b = topo.add("a"), topo.add("b")
+    topo.link(a, b, ["fd00:18::1/64"], ["fd00:18::2/64"])
+    a.ip("-6", "addr", "add", "fd00:19:1::1/128", "dev", "lo")
+    b.ip("-6", "addr", "add", "fd00:19:2::1/128", "dev", "lo")
+    cfg_a = node(
+        "a",
+        [peer("b", endpoint="[fd00:18::2]:500", local_ts=["fd00:19:1::/64"], remote_ts=["fd00:19:2::/64"])],
+    )
+    cfg_b = node(
+        "b",
+        [
+            peer(
+                "a",
+                endpoint="fd00:18::1",
+                local_ts=["fd00:19:2::/64"],
+                remote_ts=["fd00:19:1::/64"],
+                initiate=False,
+            )
+        ],
+    )
+    ag_b = AgentProc(b, workdir, "b", cfg_b).start()
+    ag_a = AgentProc(a, workdir, "a", cfg_a).start()
+    st = ag_a.wait_up("b")
+    ag_b.wait_up("a")
+    assert st["remoteEndpoint"].startswith("fd00:18::2")
+    _ping(a, "fd00:19:2::1")
+    _ping(b, "fd00:19:1::1")
+    assert _iperf(a, b, "fd00:19:2::1") >= 20_000_000
+
+
+@pytest.mark.parametrize(
+    ("tweak", "initiator_error", "responder_error"),
+    [
+        ("psk", "AUTHENTICATION_FAILED", "AUTHENTICATION_FAILED"),
+        ("proposal", "NO_PROPOSAL_CHOSEN", "NO_PROPOSAL_CHOSEN"),
+    ],
+)
+def test_misconfiguration_is_reported_on_both_sides(
+    lab: tuple[Topology, str], tweak: str, initiator_error: str, responder_error: str
+) -> None:
+    """A wrong PSK or disjoint IKE proposals: no SA, and each agent's status names the failed check."""
+    topo, workdir = lab
+    a, b = _hosts(topo)
+    kw_b: dict[str, object] = (
+        {"psk": b"another-psk-0123456789abcdef"}
+        if tweak == "psk"
+        else {"ike_proposals": ["aes256-sha256-modp2048"]}
+    )
+    cfg_a = node("a", [peer("b", endpoint=B_UL, local_ts=[A_NET], remote_ts=[B_NET])])
+    cfg_b = node("b", [peer("a", endpoint=A_UL, local_ts=[B_NET], remote_ts=[A_NET], initiate=False, **kw_b)])  # type: ignore[arg-type]
+    ag_b = AgentProc(b, workdir, "b", cfg_b).start()
+    ag_a = AgentProc(a, workdir, "a", cfg_a).start()
+    wait(lambda: initiator_error in ag_a.peer_status("b").get("lastError", ""), 10, f"{initiator_error} at a")
+    wait(lambda: responder_error in ag_b.peer_status("a").get("lastError", ""), 10, f"{responder_error} at b")
+    assert ag_a.peer_status("b")["ikeState"] in ("IKE_SA_STATE_FAILED", "IKE_SA_STATE_CONNECTING")
+    assert not ag_a.children("b") and not ag_b.children("a")

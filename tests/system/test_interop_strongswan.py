@@ -264,17 +264,24 @@ def test_dpd_notices_vanished_charon(lab: tuple[Topology, str]) -> None:
     wait(lambda: "dead" in agent.peer_status("sw").get("lastError", ""), 12.0, "DPD to declare charon dead")
 
 
-def test_charon_behind_nat_connects_to_us(lab: tuple[Topology, str]) -> None:
-    topo, workdir = lab
-    us, nat, sw = topo.add("us"), topo.add("nat"), topo.add("sw")
-    nat_out, _ = topo.link(nat, us, ["198.18.0.2/24"], [f"{US_UL}/24"])
-    topo.link(sw, nat, ["198.18.1.2/24"], ["198.18.1.1/24"])
-    sw.ip("route", "add", "default", "via", "198.18.1.1")
+def _nat_lab(topo: Topology, inside: str, outside: str) -> tuple[Namespace, Namespace]:
+    """`inside` (198.18.1.2) behind a MASQUERADE NAT (198.18.0.2 outside, ports remapped to
+    31000-32000) towards `outside` (198.18.0.1)."""
+    ins, nat, out = topo.add(inside), topo.add("nat"), topo.add(outside)
+    nat_out, _ = topo.link(nat, out, ["198.18.0.2/24"], ["198.18.0.1/24"])
+    topo.link(ins, nat, ["198.18.1.2/24"], ["198.18.1.1/24"])
+    ins.ip("route", "add", "default", "via", "198.18.1.1")
     nat.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
     nat.run(
         "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", nat_out, "-p", "udp",
         "-j", "MASQUERADE", "--to-ports", "31000-32000",
     )  # fmt: skip
+    return ins, out
+
+
+def test_charon_behind_nat_connects_to_us(lab: tuple[Topology, str]) -> None:
+    topo, workdir = lab
+    sw, us = _nat_lab(topo, "sw", "us")
     us.ip("addr", "add", f"{US_IN}/32", "dev", "lo")
     sw.ip("addr", "add", f"{SW_IN}/32", "dev", "lo")
     charon = Charon(
@@ -315,3 +322,34 @@ def test_charon_behind_nat_connects_to_us(lab: tuple[Topology, str]) -> None:
     _ping(sw, US_IN)
     _ping(us, SW_IN)
     assert _tcp(sw, us, US_IN, "2M") >= 2_000_000
+
+
+def test_we_behind_nat_connect_to_charon(lab: tuple[Topology, str]) -> None:
+    """Our agent behind the NAT (LocalConfig.behind_nat) initiates; NAT-T floats to 4500 through it."""
+    topo, workdir = lab
+    us, sw = _nat_lab(topo, "us", "sw")
+    us.ip("addr", "add", f"{US_IN}/32", "dev", "lo")
+    sw.ip("addr", "add", f"{SW_IN}/32", "dev", "lo")
+    charon = Charon(
+        sw,
+        f"{workdir}/charon",
+        psk_tunnel_conf(
+            local_addr="198.18.0.1",
+            remote_addr="198.18.0.2",
+            local_id="sw.meshsec",
+            remote_id="us.meshsec",
+            local_ts=SW_NET,
+            remote_ts=US_NET,
+            psk=PSK_TEXT,
+        ),
+    ).start()
+    charon.load()
+    p = peer(
+        "sw", endpoint="198.18.0.1", local_ts=[US_NET], remote_ts=[SW_NET], initiate=False, external=True
+    )
+    agent = AgentProc(us, workdir, "us", node("us", [p], behind_nat=True)).start()
+    _wait_both(agent, charon)
+    st = agent.peer_status("sw")
+    assert st["natDetected"] is True and st["remoteEndpoint"] == "198.18.0.1:4500", st
+    _ping(us, SW_IN)
+    _ping(sw, US_IN)

@@ -75,7 +75,8 @@ def test_meshctl_node_revoke_and_ca_rotate(
                 assert await asyncio.to_thread(ctl, "node", "revoke", "nobody") == 5  # NOT_FOUND
                 assert "nobody" in capsys.readouterr().err
 
-                await asyncio.sleep(0.5)  # the replica's watch picks the revocation up
+                assert c.state is not None  # the replica's watch picks the revocation up
+                assert await c.state.wait_revision(await store.revision(), 10)
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await _sync_first(c.address, n1, "n1")
                 assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -88,7 +89,7 @@ def test_meshctl_node_revoke_and_ca_rotate(
                 assert [c["signing"] for c in status["cas"]] == [True, False]
                 assert await asyncio.to_thread(ctl, "ca", "rotate") == 0
                 assert "already in progress" in capsys.readouterr().err
-                await asyncio.sleep(0.5)
+                assert await c.state.wait_revision(await store.revision(), 10)
                 trusted = (await _sync_first(c.address, n2, "n2")).snapshot.local.trusted_ca_pem
                 assert len(x509.load_pem_x509_certificates(trusted.encode())) == 2  # agents trust both
                 assert await asyncio.to_thread(ctl, "ca", "status") == 0

@@ -29,7 +29,7 @@ from meshsec.controller.api.tls_reload import ReloadableServerTLS
 from meshsec.controller.ca import Sealer, load_ca, load_kek
 from meshsec.controller.ca.rollover import Action, CurrentCA, RolloverPolicy, RolloverStore, follow_ca
 from meshsec.controller.desired import DesiredState
-from meshsec.controller.store import Store
+from meshsec.controller.store import Keys, Store
 
 from tests.controller import harness
 from tests.support.etcd import EtcdCluster
@@ -85,10 +85,16 @@ def test_agent_follows_a_ca_rollover_by_renewal(etcd: EtcdCluster, tmp_path: Pat
             roll = RolloverStore(store, sealer, POLICY)
 
             async def step(action: Action) -> None:
-                n = len(seen)
                 await roll.apply(await roll.read(), action, dt.datetime.now(dt.UTC))
+                await synced_with_etcd()
+                # and the DesiredState serving Sync has compiled the new bundle
+                assert await state.wait_revision(await store.revision(), 10)
+
+            async def synced_with_etcd() -> None:
+                """Wait until follow_ca has reported the CA state etcd holds now."""
+                bundle = (await store.get(Keys.CA_CERT)).value  # type: ignore[union-attr]
                 for _ in range(200):
-                    if len(seen) > n:
+                    if seen and seen[-1].bundle_pem == bundle:
                         return
                     await asyncio.sleep(0.02)
                 raise AssertionError("the replica did not follow the CA change")
@@ -100,7 +106,7 @@ def test_agent_follows_a_ca_rollover_by_renewal(etcd: EtcdCluster, tmp_path: Pat
                 signing_ca=lambda: synced[-1] if synced else None,
             )
             try:
-                await asyncio.sleep(0.1)
+                await synced_with_etcd()
                 old_cert = x509.load_pem_x509_certificate(ident.cert_path.read_bytes())
                 old_key = ident.key_path.read_bytes()
                 assert (
@@ -109,14 +115,12 @@ def test_agent_follows_a_ca_rollover_by_renewal(etcd: EtcdCluster, tmp_path: Pat
                 )
 
                 await step(Action.BEGIN)
-                await asyncio.sleep(0.3)  # the DesiredState watch recompiles with the new bundle
                 both = await _trusted_bundle(address, ident)
                 synced.append(both)
                 assert len(x509.load_pem_x509_certificates(both.encode())) == 2  # IKE trusts both now
                 assert renewer.next_attempt() > dt.datetime.now(dt.UTC) + 5 * S  # A still signs
 
                 await step(Action.SWITCH)
-                await asyncio.sleep(0.3)
                 # ca.pem still holds only A: the server keeps presenting an A chain until A retires
                 assert len(x509.load_pem_x509_certificates(ident.ca_path.read_bytes())) == 1
                 switched = await _trusted_bundle(address, ident)  # the old certificate still syncs
@@ -137,7 +141,6 @@ def test_agent_follows_a_ca_rollover_by_renewal(etcd: EtcdCluster, tmp_path: Pat
                 stale.key_path.chmod(0o600)
                 assert await _trusted_bundle(address, stale) == switched  # overlap: the old cert works
                 await step(Action.RETIRE)
-                await asyncio.sleep(0.3)
                 final = await _trusted_bundle(address, ident)  # the server now presents a B chain
                 assert len(x509.load_pem_x509_certificates(final.encode())) == 1
                 assert update_trust(ident, final.encode())

@@ -4,6 +4,7 @@ delta whenever the held version can be reconstructed, two replicas, etcd restart
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -73,8 +74,11 @@ def test_snapshot_then_a_delta_per_change(etcd: EtcdCluster, tmp_path: Path) -> 
             finally:
                 task.cancel()
             # Stream gone: the liveness keys go with their leases.
-            for _ in range(40):
-                if await r.store.get(Keys.connected("node-a")) is None:  # type: ignore[union-attr]
+            for _ in range(60):  # both streams end on their own schedule (the Report one too)
+                if (
+                    await r.store.get(Keys.connected("node-a")) is None  # type: ignore[union-attr]
+                    and await r.store.get(Keys.status("node-a")) is None  # type: ignore[union-attr]
+                ):
                     break
                 await asyncio.sleep(0.1)
             assert await r.store.get(Keys.connected("node-a")) is None  # type: ignore[union-attr]
@@ -285,5 +289,65 @@ def test_changes_to_other_nodes_only_advance_the_version(etcd: EtcdCluster, tmp_
                 assert list(c.config.peers[0].children[0].remote_ts) == ["198.19.22.0/24"]  # type: ignore[union-attr]
             finally:
                 task.cancel()
+
+    run(body())
+
+
+async def _next_update(call, timeout: float = 5.0) -> agent_pb2.SyncResponse:  # type: ignore[no-untyped-def]
+    """The next snapshot or delta on a raw Sync stream (heartbeats skipped)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            resp = await call.read()
+            if resp.WhichOneof("update") != "heartbeat":
+                return resp
+
+
+def _count(name: str) -> float:
+    from meshsec.controller.observability.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(f"meshsec_controller_{name}_seconds_count") or 0.0
+
+
+def test_one_node_change_reaches_every_agent_as_a_one_peer_delta(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """Fan-out sends each affected agent only the peer that changed; no snapshot is rebuilt for it."""
+    five = {f"node-{x}": i for i, x in enumerate("abcde", 1)}
+
+    async def body() -> None:
+        await h.init_state(tmp_path, etcd.endpoints)
+        async with h.replica(tmp_path, etcd.endpoints) as r:
+            v1 = await h.apply(r.address, tmp_path, h.mesh_yaml(five))
+            names = ["node-a", "node-b", "node-c"]
+            idents = [await h.enrolled(r, tmp_path, tmp_path / n, n) for n in names]
+            async with contextlib.AsyncExitStack() as stack:
+                calls = []
+                for name, ident in zip(names, idents, strict=True):
+                    ch = await stack.enter_async_context(h.node_channel(r.address, ident))
+                    call = agent_pb2_grpc.AgentServiceStub(ch).Sync(agent_pb2.SyncRequest(node=name))
+                    stack.callback(call.cancel)
+                    first = await _next_update(call)
+                    assert first.WhichOneof("update") == "snapshot" and first.version == v1
+                    assert len(first.snapshot.peers) == 4
+                    calls.append(call)
+                built = r.state.snapshots_built  # type: ignore[union-attr]
+                pushes, compiles = _count("sync_push"), _count("compile")
+                moved = h.mesh_yaml(five).replace('"198.18.0.5"', '"198.18.0.55"')
+                v2 = await h.apply(r.address, tmp_path, moved)
+                for call in calls:
+                    resp = await _next_update(call)
+                    assert resp.WhichOneof("update") == "delta" and resp.version == v2
+                    d = resp.delta
+                    assert (d.from_version, d.to_version) == (v1, v2)
+                    assert [p.name for p in d.upsert_peers] == ["node-e"]
+                    assert list(d.upsert_peers[0].endpoints) == ["198.18.0.55"]
+                    assert not d.remove_peers and not d.HasField("local")
+                assert r.state.snapshots_built == built  # type: ignore[union-attr]
+                assert _count("compile") == compiles + 1  # metrics: one compile, three timed pushes
+                for _ in range(50):  # the push is recorded once the stream resumes after sending
+                    if _count("sync_push") >= pushes + 3:
+                        break
+                    await asyncio.sleep(0.02)
+                assert _count("sync_push") == pushes + 3
+                assert r.state.history.delta_since("node-e", v1) is not None  # type: ignore[union-attr]
+                assert not r.state.history.delta_since("node-e", v1)  # type: ignore[union-attr]
 
     run(body())

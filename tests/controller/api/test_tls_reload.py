@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from meshsec.controller.api.tls_reload import ReloadableServerTLS
 from meshsec.controller.ca import ROLE_NODE, CertificateAuthority, Sealer, load_or_create_ca
 from meshsec.controller.ca.rollover import Action, CurrentCA, RolloverPolicy, RolloverStore, follow_ca
-from meshsec.controller.store import Store
+from meshsec.controller.store import Keys, Store
 
 from tests.support.etcd import EtcdCluster
 
@@ -28,8 +28,7 @@ async def _ok(port: int, roots: bytes, ca: CertificateAuthority) -> bool:
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=opts) as ch:
         try:
             resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3)
-        except grpc.aio.AioRpcError as exc:
-            print("DBG", exc.code(), exc.details())
+        except grpc.aio.AioRpcError:
             return False
     return resp.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -56,13 +55,17 @@ def test_server_tls_follows_the_rollover(etcd: EtcdCluster) -> None:
             roll = RolloverStore(store, sealer, POLICY)
 
             async def step(action: Action) -> None:
-                n = len(current)
                 await roll.apply(await roll.read(), action, dt.datetime.now(dt.UTC))
-                for _ in range(100):
-                    if len(current) > n:
+                await synced_with_etcd()
+
+            async def synced_with_etcd() -> None:
+                """Wait until follow_ca has reported the CA state etcd holds now."""
+                bundle = (await store.get(Keys.CA_CERT)).value  # type: ignore[union-attr]
+                for _ in range(200):
+                    if current and current[-1].bundle_pem == bundle:
                         return
                     await asyncio.sleep(0.02)
-                raise AssertionError("follow_ca did not report the change")
+                raise AssertionError("the replica did not follow the CA change")
 
             try:
                 assert await _ok(port, ca_a.cert_pem, ca_a)

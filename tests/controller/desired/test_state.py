@@ -1,20 +1,33 @@
-"""DesiredState against a real etcd: incremental versions, and "what did an agent hold at version v"
-answered from the history, from the base it folds into, and from etcd's MVCC history beyond it."""
+"""DesiredState against a real etcd: incremental versions, and "what must an agent holding version v
+receive" answered from the per-node delta history and, beyond it, from etcd's MVCC history; nothing
+is materialized but the snapshots asked for."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+from meshsec.api.v1 import config_pb2
 from meshsec.controller.ca import Sealer, load_kek
+from meshsec.controller.compiler import apply_delta
 from meshsec.controller.desired import DesiredState, load_spec
 from meshsec.controller.store import Keys, Store
 
 from tests.controller import harness as h
 from tests.support.etcd import EtcdCluster
 
+STEPS = (
+    {"node-a": 1, "node-b": 2},
+    {"node-a": 1, "node-b": 2, "node-c": 3},
+    {"node-a": 1, "node-d": 4},
+)
 
-def test_every_version_is_answered_from_history_base_or_etcd(etcd: EtcdCluster, tmp_path: Path) -> None:
+
+def _peers(cfg: config_pb2.NodeConfig) -> list[str]:
+    return [p.name for p in cfg.peers]
+
+
+def test_every_version_is_answered_from_history_or_etcd(etcd: EtcdCluster, tmp_path: Path) -> None:
     async def body() -> None:
         await h.init_state(tmp_path, etcd.endpoints)
         async with Store(etcd.endpoints) as store:
@@ -22,31 +35,61 @@ def test_every_version_is_answered_from_history_base_or_etcd(etcd: EtcdCluster, 
             task = asyncio.create_task(state.run())
             try:
                 await asyncio.wait_for(state.ready.wait(), 5)
-                versions = []
-                for nodes in (
-                    {"node-a": 1, "node-b": 2},
-                    {"node-a": 1, "node-b": 2, "node-c": 3},
-                    {"node-a": 1, "node-d": 4},
-                ):
+                versions, held = [], {}
+                for nodes in STEPS:
                     spec = load_spec(h.mesh_yaml(nodes), "mesh.yaml")
                     versions.append(await store.put(Keys.SPEC, spec.SerializeToString(deterministic=True)))
                     await asyncio.wait_for(state.wait_revision(versions[-1], 5), 6)
+                    for node in ("node-a", "node-b", "node-c", "node-d"):
+                        held[node, versions[-1]] = await state.snapshot(node)
                 v1, v2, v3 = versions
                 assert state.version == v3
-                assert state._base[0] == v2  # history=1: v1 and v2 were folded into the base
+                assert state.history.since == v2 and len(state.history) == 1  # history=1: v2 folded
+                assert not state.history.covers(v1)  # v1 is answered from etcd's MVCC history
+                assert state.snapshots_built == 12  # only what was asked for
 
-                async def peers(node: str, v: int) -> list[str]:
-                    held = await state.held_at(node, v)
-                    assert held is not None
-                    return [p.name for p in held.peers]
+                # For every node and every version: the delta turns what the agent held into current.
+                for (node, v), cfg in held.items():
+                    delta = await state.delta_since(node, v)
+                    assert delta is not None and (delta.from_version, delta.to_version) == (v, v3)
+                    assert apply_delta(cfg, delta) == held[node, v3], (node, v)
 
-                assert await peers("node-a", v3) == ["node-d"]  # current
-                assert await peers("node-a", v2) == ["node-b", "node-c"]  # base
-                assert await peers("node-a", v1) == ["node-b"]  # older than the base: etcd MVCC
-                assert await peers("node-d", v2) == []  # not in the mesh then
-                assert await peers("node-c", v3) == []  # not any more
-                assert state.current("node-a").version == v3
-                assert await state.held_at("node-a", 0) is None
+                a_v2 = await state.delta_since("node-a", v2)  # from the history: a per-peer delta
+                assert [p.name for p in a_v2.upsert_peers] == ["node-d"]  # type: ignore[union-attr]
+                assert list(a_v2.remove_peers) == ["node-b", "node-c"]  # type: ignore[union-attr]
+                assert not a_v2.HasField("local")  # type: ignore[union-attr]
+                gone = await state.delta_since("node-c", v2)  # not in the mesh any more
+                assert list(gone.remove_peers) == ["node-a", "node-b"]  # type: ignore[union-attr]
+                assert _peers(held["node-c", v3]) == [] and _peers(held["node-a", v3]) == ["node-d"]
+                current = await state.delta_since("node-a", v3)
+                assert current is not None and not current.upsert_peers and not current.remove_peers
+                assert await state.delta_since("node-a", 0) is None
+                assert (await state.snapshot("node-a")).version == v3
+            finally:
+                task.cancel()
+
+    asyncio.run(asyncio.wait_for(body(), 30))
+
+
+def test_unrelated_writes_and_a_fresh_replica_need_no_recompile(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """A replica that starts after the last change answers agents holding that change's version with
+    'up to date' from the inputs' digest at that revision, without compiling any config."""
+
+    async def body() -> None:
+        await h.init_state(tmp_path, etcd.endpoints)
+        async with Store(etcd.endpoints) as store:
+            spec = load_spec(h.mesh_yaml(STEPS[1]), "mesh.yaml")
+            v = await store.put(Keys.SPEC, spec.SerializeToString(deterministic=True))
+            await store.put("/meshsec/v1/test/unrelated", b"x")
+            state = DesiredState(store, Sealer(load_kek(tmp_path / "kek")))
+            task = asyncio.create_task(state.run())
+            try:
+                await asyncio.wait_for(state.ready.wait(), 5)
+                assert state.version > v  # the revision of its first read
+                delta = await state.delta_since("node-b", v)
+                assert delta is not None and (delta.from_version, delta.to_version) == (v, state.version)
+                assert not delta.upsert_peers and not delta.remove_peers and not delta.HasField("local")
+                assert state.snapshots_built == 0
             finally:
                 task.cancel()
 
