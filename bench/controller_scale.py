@@ -293,6 +293,12 @@ def proc_status(pid: int, field_name: str) -> float:
     return 0.0
 
 
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
@@ -374,13 +380,14 @@ async def fanout(
                     task.cancel()
                 await asyncio.sleep(1.0)
 
-                last, per_agent, wrong = [], [], 0
+                last, per_agent, wrong, cpu_ctl, cpu_agents = [], [], 0, [], []
                 for k in range(changes):
                     target = names[(k * 7919 + 13) % n]
                     changed = spec_pb2.MeshSpec()
                     changed.CopyFrom(spec)
                     changed.nodes[index[target]].subnets[0] = f"198.18.{200 + k % 50}.{1 + k // 50}/32"
                     data = changed.SerializeToString(deterministic=True)
+                    c0, a0 = proc_cpu(ctl.popen.pid), time.process_time()
                     t0 = time.monotonic()
                     version = await store.put(Keys.SPEC, data)
                     deadline = t0 + 60
@@ -398,6 +405,8 @@ async def fanout(
                             wrong += 1
                     last.append(max(times))
                     per_agent += times
+                    cpu_ctl.append(proc_cpu(ctl.popen.pid) - c0)
+                    cpu_agents.append(time.process_time() - a0)
                     spec = changed
                     await asyncio.sleep(0.5)
                 hwm = proc_status(ctl.popen.pid, "VmHWM")
@@ -430,6 +439,11 @@ async def fanout(
     print(
         f"  per (agent, change) delivery: p50 {pct(per_agent, 50):5.2f} s  p99 {pct(per_agent, 99):5.2f} s; "
         f"deliveries not a one-peer delta of the changed node: {wrong}"
+    )
+    print(
+        f"  CPU per change: controller {pct(cpu_ctl, 50):5.2f} s, the {len(sims)} agents' process "
+        f"{pct(cpu_agents, 50):5.2f} s (p50; machine load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs)"
     )
     print(
         f"  vs full recompile per change ({n} configs materialized, {full_ref:7.1f} s CPU measured above): "

@@ -20,7 +20,8 @@ P-256 certificates from one CA (RFC 7427 signatures).
 
 Both responders raise their DoS thresholds above the window (cookies and the per-source half-open
 cap would otherwise throttle one busy initiator), neither installs routes, and neither logs per SA.
-CPU = user+system seconds of the two IKE daemons (not the vici driver) per setup.  Needs root,
+CPU = user+system seconds of the two IKE daemons (not the vici driver) per setup; "rx drops" = UDP
+datagrams the kernel dropped during the round because a daemon's socket buffer was full.  Needs root,
 charon-systemd, strongswan-swanctl and the `vici` package (see bench/README.md).  The process roles
 (`--role ours-initiator|ours-responder`) are this file run inside a namespace.
 """
@@ -71,6 +72,7 @@ class Result:
     mean_ms: float
     cpu_ms: float  # CPU of both IKE daemons per setup
     resp_kb: float  # responder resident memory per kept IKE SA + Child SA
+    rx_drops: int = 0  # UDP datagrams the kernel dropped for a full socket buffer, both namespaces
     latencies: list[float] = field(default_factory=list, repr=False)
 
 
@@ -93,6 +95,16 @@ def _rss_kb(pid: int) -> int:
             return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
     except (OSError, StopIteration):
         return 0
+
+
+def _rx_drops(*namespaces: Namespace) -> int:
+    """UDP RcvbufErrors summed over the namespaces: datagrams lost because a daemon read too slowly."""
+    total = 0
+    for ns in namespaces:
+        rows = [line.split() for line in ns.run("cat", "/proc/net/snmp").stdout.splitlines()]
+        udp = [r for r in rows if r and r[0] == "Udp:"]
+        total += int(dict(zip(udp[0][1:], udp[1][1:], strict=True)).get("RcvbufErrors", 0))
+    return total
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -223,7 +235,10 @@ async def _ours_initiator(c: dict[str, Any]) -> None:
             started[id(adapter.initiate(cfg))] = loop.time()
             issued += 1
         wake.clear()
-        await wake.wait()
+        try:
+            await asyncio.wait_for(wake.wait(), max(0.01, stop_at - loop.time()))
+        except TimeoutError:
+            break
     end = loop.time() + GRACE
     while started and loop.time() < end:
         wake.clear()
@@ -485,12 +500,12 @@ def _report(results: list[Result], args: argparse.Namespace) -> None:
     )
     print(
         f"{'impl':8} {'auth':6} {'window':>6} {'setups':>6} {'fail':>4} {'setups/s':>9} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'mean ms':>8} {'cpu ms/setup':>12} {'resp KB/SA':>10}"
+        f"{'p99 ms':>8} {'mean ms':>8} {'cpu ms/setup':>12} {'resp KB/SA':>10} {'rx drops':>8}"
     )
     for r in results:
         print(
             f"{r.impl:8} {r.auth:6} {r.window:6d} {r.setups:6d} {r.failed:4d} {r.rate:9.1f} {r.p50_ms:8.2f} "
-            f"{r.p99_ms:8.2f} {r.mean_ms:8.2f} {r.cpu_ms:12.2f} {r.resp_kb:10.1f}"
+            f"{r.p99_ms:8.2f} {r.mean_ms:8.2f} {r.cpu_ms:12.2f} {r.resp_kb:10.1f} {r.rx_drops:8d}"
         )
     for auth in dict.fromkeys(r.auth for r in results):
         w, parts = args.window, []
@@ -536,8 +551,10 @@ def main(argv: list[str] | None = None) -> int:
         for auth in auths:
             for _ in range(args.rounds):
                 for load in loads:
-                    results.append(run_ours(a, b, tmp, load, auth, pki))
-                    results.append(run_charon(a, b, tmp, load, auth, pki))
+                    for run in (run_ours, run_charon):
+                        drops0 = _rx_drops(a, b)
+                        results.append(run(a, b, tmp, load, auth, pki))
+                        results[-1].rx_drops = _rx_drops(a, b) - drops0
     if args.json:
         for r in results:
             print(json.dumps({k: v for k, v in asdict(r).items() if k != "latencies"}))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from meshsec.agent.esp import Lifetime
 from meshsec.agent.esp.mtu import tunnel_mtu
 from meshsec.agent.esp.transforms import transform_spec
 from meshsec.agent.ike import certs
@@ -89,7 +90,7 @@ class AgentRuntime:
         self._dp: Any = None
         self._net: TunRoutes | None = None
         self._tun: Any = None
-        self._sessions: dict[int, Session] = {}  # id(IkeSession) -> _Session
+        self._sessions: dict[int, Session] = {}  # id(IkeSession) -> Session
         self._pending_cfg: dict[int, tuple[IkeConfig, str, str, float]] = {}  # id(cfg) -> cfg, peer, digest
         self._peers: dict[str, PeerState] = {}
         self._sas: SaInstaller | None = None
@@ -318,6 +319,15 @@ class AgentRuntime:
                     seen = True
             if seen:
                 s.ike.note_inbound_traffic(now)
+            rekey, delete = self._sas.expiring(s, now)
+            for spi in rekey:
+                with contextlib.suppress(KeyError, RuntimeError):
+                    s.ike.rekey_child(now, spi)
+            for spi in delete:
+                with contextlib.suppress(KeyError, RuntimeError):
+                    s.ike.delete_child(now, spi)
+            if rekey or delete:
+                self._collect(s)
             if self._sas.follow_endpoint(s, self._peers.setdefault(s.peer, PeerState())):
                 log.info("peer %s: ESP endpoint now %s:%d", s.peer, *self._sas.esp_endpoint(s))
             local = self.desired.local if self.desired else None
@@ -326,7 +336,7 @@ class AgentRuntime:
                 s.last_keepalive = now
                 self._dp.send_keepalive(self._sas.esp_endpoint(s))
         self._prune_pending(now)
-        self._reconcile()
+        self._after_io()  # flush what the rekeys produced, re-arm the timer, reconcile
 
     # ------------------------------------------------------------------ sessions and configs
     def _peer_cfg(self, name: str) -> config_pb2.PeerConfig | None:
@@ -570,6 +580,11 @@ class AgentRuntime:
         peer = self._peer_cfg(s.peer)
         return peer.children[0].name if peer and peer.children else ""
 
+    def _esp_lifetime(self, s: Session, name: str) -> Lifetime:
+        peer = self._peer_cfg(s.peer)
+        child = next((c for c in peer.children if c.name == name), None) if peer else None
+        return mapping.esp_lifetime(child)
+
     def _child_name(self, s: Session, e: ev.ChildSaEstablished) -> str:
         """Which configured child a negotiated SA is: by its selectors, else our pending request."""
         peer = self._peer_cfg(s.peer)
@@ -584,7 +599,7 @@ class AgentRuntime:
         assert self._sas is not None
         name = self._child_name(s, e)
         s.child_retry.pop(name, None)
-        child = self._sas.install(s, e, name, ps, self._local_addr(e.peer[0]))
+        child = self._sas.install(s, e, name, ps, self._local_addr(e.peer[0]), self._esp_lifetime(s, name))
         log.info(
             "peer %s: child %s installed (in %08x, out %08x, %s)",
             s.peer,
@@ -598,7 +613,7 @@ class AgentRuntime:
         assert self._sas is not None
         old = s.children.get(e.old_spi_in)
         name = old.name if old else self._child_name(s, e.new)
-        self._sas.rekeyed(s, e, name, self._local_addr(e.new.peer[0]))
+        self._sas.rekeyed(s, e, name, self._local_addr(e.new.peer[0]), self._esp_lifetime(s, name))
         ps.rekeys += 1
         log.info("peer %s: child %s rekeyed (in %08x -> %08x)", s.peer, name, e.old_spi_in, e.new.spi_in)
 

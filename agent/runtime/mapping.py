@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from meshsec.agent.esp import Mode, SaParams, TrafficSelector, TransportAddresses
+from meshsec.agent.esp import Lifetime, Mode, SaParams, TrafficSelector, TransportAddresses
 from meshsec.agent.ike import certs
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import Addr, ChildSaEstablished
@@ -211,7 +211,22 @@ def child_for(peer: config_pb2.PeerConfig, ts_local: Sequence[IkeTs], ts_remote:
     return ""
 
 
-def sa_params(ev: ChildSaEstablished, *, local_ip: str | None = None) -> tuple[SaParams, SaParams]:
+def esp_lifetime(child: config_pb2.ChildSaConfig | None) -> Lifetime:
+    """Byte and packet limits of a child (time limits are the IKE engine's: it rekeys on time)."""
+    if child is None:
+        return Lifetime()
+    lt = child.lifetime
+    return Lifetime(
+        soft_bytes=lt.rekey_bytes,
+        hard_bytes=lt.life_bytes,
+        soft_packets=lt.rekey_packets,
+        hard_packets=lt.life_packets,
+    )
+
+
+def sa_params(
+    ev: ChildSaEstablished, *, local_ip: str | None = None, lifetime: Lifetime | None = None
+) -> tuple[SaParams, SaParams]:
     """(inbound, outbound) ESP parameters of a negotiated Child SA.
 
     Transport mode rebuilds IP headers from the addresses: the first local/remote selector hosts
@@ -234,6 +249,7 @@ def sa_params(ev: ChildSaEstablished, *, local_ip: str | None = None) -> tuple[S
         "mode": mode,
         "esn": ev.esn,
         "transport": transport,
+        "lifetime": lifetime or Lifetime(),
     }
     inbound = SaParams(
         spi=ev.spi_in,

@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshsec.agent.esp import InboundSa, OutboundSa, SaParams, TrafficSelector
+from meshsec.agent.esp import (
+    HardExpired,
+    InboundSa,
+    Lifetime,
+    OutboundSa,
+    SaParams,
+    SoftExpired,
+    TrafficSelector,
+)
 from meshsec.agent.ike import events as ev
 from meshsec.agent.ike.session import IkeSession
 from meshsec.agent.runtime import mapping, plan
@@ -169,20 +177,32 @@ class SaInstaller:
         return True
 
     # ------------------------------------------------------------------ install / rekey / delete
-    def install(self, s: Session, e: ev.ChildSaEstablished, name: str, ps: PeerState, local_ip: str) -> Child:
-        child = self._child(s, e, name, local_ip)
+    def install(
+        self,
+        s: Session,
+        e: ev.ChildSaEstablished,
+        name: str,
+        ps: PeerState,
+        local_ip: str,
+        lifetime: Lifetime,
+    ) -> Child:
+        child = self._child(s, e, name, local_ip, lifetime)
         ep = self.esp_endpoint(s)
         self.dp.set_peer(s.peer, ep, self.link_mtu)
         ps.endpoint = ep
-        child.inbound = self.dp.add_inbound_sa(mapping.sa_params(e, local_ip=local_ip)[0])
+        child.inbound = self.dp.add_inbound_sa(mapping.sa_params(e, local_ip=local_ip, lifetime=lifetime)[0])
         self.switch_out(s, child)
         s.children[e.spi_in] = child
         return child
 
-    def rekeyed(self, s: Session, e: ev.ChildSaRekeyed, name: str, local_ip: str) -> Child:
+    def rekeyed(
+        self, s: Session, e: ev.ChildSaRekeyed, name: str, local_ip: str, lifetime: Lifetime
+    ) -> Child:
         old = s.children.get(e.old_spi_in)
-        child = self._child(s, e.new, name, local_ip)
-        child.inbound = self.dp.add_inbound_sa(mapping.sa_params(e.new, local_ip=local_ip)[0])
+        child = self._child(s, e.new, name, local_ip, lifetime)
+        child.inbound = self.dp.add_inbound_sa(
+            mapping.sa_params(e.new, local_ip=local_ip, lifetime=lifetime)[0]
+        )
         s.children[e.new.spi_in] = child
         if old is None or self.out_owner.get(old.sa_id) != (s.sid, old.spi_out):
             self.switch_out(s, child)
@@ -226,6 +246,23 @@ class SaInstaller:
         else:
             self.loop.call_later(self.rekey_grace, self.dp.remove_inbound_sa, child.spi_in)
 
+    @staticmethod
+    def expiring(s: Session, now: float) -> tuple[list[int], list[int]]:
+        """(inbound SPIs to rekey, inbound SPIs to delete) from the ESP lifetime events of `s`'s
+        installed children: byte/packet limits and the sequence number running out (RFC 4303 §3.3.3)."""
+        rekey: list[int] = []
+        delete: list[int] = []
+        for c in s.children.values():
+            events = []
+            for sa in (c.inbound, c.outbound):
+                if sa is not None:
+                    events += sa.poll(now)
+            if any(isinstance(x, HardExpired) for x in events):
+                delete.append(c.spi_in)
+            elif c.state == "installed" and any(isinstance(x, SoftExpired) for x in events):
+                rekey.append(c.spi_in)
+        return rekey, delete
+
     def session_gone(self, s: Session, ps: PeerState) -> None:
         for spi in list(s.children):
             self.child_deleted(s, spi, ps)
@@ -242,8 +279,8 @@ class SaInstaller:
         return None
 
     @staticmethod
-    def _child(s: Session, e: ev.ChildSaEstablished, name: str, local_ip: str) -> Child:
-        _, out_params = mapping.sa_params(e, local_ip=local_ip)
+    def _child(s: Session, e: ev.ChildSaEstablished, name: str, local_ip: str, lifetime: Lifetime) -> Child:
+        _, out_params = mapping.sa_params(e, local_ip=local_ip, lifetime=lifetime)
         return Child(
             name=name,
             sa_id=f"{s.peer}/{name}",

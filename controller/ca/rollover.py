@@ -18,10 +18,11 @@ stable         [B]                     B            A retired after the overlap
 =============  ======================  ===========  =============================================
 
 Timing (``RolloverPolicy``): ``propagate`` is how long B is published before it signs (at least a few
-Sync round trips, so every agent trusts B before it meets a B certificate); ``overlap`` is how long A
-stays trusted after the switch (at least the node certificate lifetime: A signs nothing after the
-switch, so every A-signed node certificate has expired or been renewed by then); a rollover starts by
-itself ``rotate_before`` the signing CA's expiry, or at once on ``meshctl ca rotate``.
+Sync round trips, so every agent trusts B before it meets a B certificate; the switch also waits, up
+to ``max_wait``, while a reporting agent's applied version predates B's publication); ``overlap`` is
+how long A stays trusted after the switch (at least the node certificate lifetime: A signs nothing
+after the switch, so every A-signed node certificate has expired or been renewed by then); a rollover
+starts by itself ``rotate_before`` the signing CA's expiry, or at once on ``meshctl ca rotate``.
 
 Controller TLS: agents verify the controller with their ca.pem, which learns B only at their first
 renewal after the switch (RenewResponse carries the bundle).  So until A is retired a replica presents
@@ -80,6 +81,13 @@ class RolloverPolicy:
     overlap: dt.timedelta = dt.timedelta(days=31)
     rotate_before: dt.timedelta = dt.timedelta(days=90)
     ca_lifetime: dt.timedelta = dt.timedelta(days=3650)
+    # Longest wait in "published" for agents that report an older version than the new bundle's
+    # (None: 10 x propagate); after it the switch happens anyway (those agents learn B on reconnect).
+    propagate_max: dt.timedelta | None = None
+
+    @property
+    def max_wait(self) -> dt.timedelta:
+        return self.propagate_max if self.propagate_max is not None else self.propagate * 10
 
     def __post_init__(self) -> None:
         if self.propagate <= dt.timedelta(0) or self.overlap <= dt.timedelta(0):
@@ -157,16 +165,24 @@ def next_action(
     policy: RolloverPolicy,
     *,
     requested: bool = False,
+    lagging: int = 0,
 ) -> Action | None:
-    """The step to take now, if any.  requested: an operator asked for a rollover (`meshctl ca rotate`)."""
+    """The step to take now, if any.  requested: an operator asked for a rollover (`meshctl ca rotate`);
+    lagging: connected agents that have not yet applied the bundle with the new CA (they would refuse a
+    peer's new certificate in IKE), which holds the switch back for up to policy.max_wait."""
     if state.phase is Phase.STABLE:
         if requested or now >= signing_not_after - policy.rotate_before:
             return Action.BEGIN
         return None
     deadline = state.deadline(policy)
-    if deadline is not None and now >= deadline:
-        return Action.SWITCH if state.phase is Phase.PUBLISHED else Action.RETIRE
-    return None
+    if deadline is None or now < deadline:
+        return None
+    if state.phase is Phase.PUBLISHED:
+        assert state.since is not None
+        if lagging and now < state.since + policy.max_wait:
+            return None
+        return Action.SWITCH
+    return Action.RETIRE
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -239,13 +255,39 @@ class RolloverStore:
     ) -> tuple[Action | None, RolloverState]:
         """Take the due step (if any); returns it and the state after it.  RolloverError: lost a race."""
         snap = await self.read()
+        lagging = 0
+        deadline = snap.state.deadline(self.policy)
+        if snap.state.phase is Phase.PUBLISHED and deadline is not None and now >= deadline:
+            lagging = await self.lagging(snap.bundle_rev)
         action = next_action(
-            snap.state, snap.bundle[0].not_valid_after_utc, now, self.policy, requested=requested
+            snap.state,
+            snap.bundle[0].not_valid_after_utc,
+            now,
+            self.policy,
+            requested=requested,
+            lagging=lagging,
         )
         if action is None:
             return None, snap.state
         new_state = await self.apply(snap, action, now, reason="manual" if requested else reason, guard=guard)
         return action, new_state
+
+    async def lagging(self, revision: int) -> int:
+        """Agents reporting now (live status/<name>) whose applied version predates `revision`."""
+        from google.protobuf.message import DecodeError
+        from meshsec.api.v1 import status_pb2
+
+        kvs, _ = await self._store.get_prefix(Keys.STATUS)
+        behind = 0
+        for kv in kvs:
+            st = status_pb2.NodeStatus()
+            try:
+                st.ParseFromString(kv.value)
+            except DecodeError:  # a malformed status counts as not caught up
+                behind += 1
+                continue
+            behind += st.applied_version < revision
+        return behind
 
     async def apply(
         self,

@@ -6,6 +6,7 @@ agent was sent at that revision (how a freshly started replica serves a resume w
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from dataclasses import dataclass, field
@@ -62,12 +63,15 @@ async def load_inputs(
 ) -> Inputs:
     """Read every compile input at one revision (0 = now); raises Compacted for a compacted revision."""
     revision = revision or await store.revision()
-    spec_kv = await store.get(Keys.SPEC, revision=revision)
+    # Concurrently: these reads are on the path from an etcd write to every agent's delta.
+    spec_kv, ca_kv, (revoked, _) = await asyncio.gather(
+        store.get(Keys.SPEC, revision=revision),
+        store.get(Keys.CA_CERT, revision=revision),
+        store.get_prefix(Keys.CERTS_REVOKED, revision=revision),
+    )
     spec = spec_pb2.MeshSpec()
     if spec_kv is not None:
         spec.ParseFromString(spec_kv.value)
-    ca_kv = await store.get(Keys.CA_CERT, revision=revision)
-    revoked, _ = await store.get_prefix(Keys.CERTS_REVOKED, revision=revision)
     if psk_master is None:
         psk_master = await load_psk_master(store, sealer, revision=revision)
     creds = Credentials(

@@ -8,7 +8,8 @@ created on the same IKE SA; SIGTERM sends DELETE so the peer drops its SA at onc
 notices a peer that vanished; an agent killed with SIGKILL (initiator or responder) has its tunnel
 back within seconds of its restart; SIGHUP re-reads the file: changed ESP proposals replace the SA
 make-before-break with zero loss, a removed peer gets DELETE and loses its route, a returning one is
-back.
+back; a byte lifetime (ESP soft limit) rekeys under TCP load; a wrong PSK or disjoint proposals are
+reported in both agents' status with the failed check.
 """
 
 from __future__ import annotations
@@ -338,3 +339,17 @@ def test_misconfiguration_is_reported_on_both_sides(
     wait(lambda: responder_error in ag_b.peer_status("a").get("lastError", ""), 10, f"{responder_error} at b")
     assert ag_a.peer_status("b")["ikeState"] in ("IKE_SA_STATE_FAILED", "IKE_SA_STATE_CONNECTING")
     assert not ag_a.children("b") and not ag_b.children("a")
+
+
+def test_byte_lifetime_rekeys_under_tcp_load(lab: tuple[Topology, str]) -> None:
+    """A child's rekey_bytes is an ESP soft limit: crossing it rekeys the SA while TCP keeps going
+    (limits are polled once a second, so a fast transfer crosses several thresholds per rekey)."""
+    topo, workdir = lab
+    a, b, ag_a, ag_b = _tunnel_pair(topo, workdir, child_rekey_bytes=4_000_000)
+    ag_a.wait_up("b")
+    ag_b.wait_up("a")
+    spi0 = ag_a.children("b")[0]["spiIn"]
+    assert _iperf(a, b, B_IN) >= 20_000_000  # 20 MiB through a 4 MB soft limit
+    wait(lambda: ag_a.children("b") and ag_a.children("b")[0]["spiIn"] != spi0, 5, "a byte-triggered rekey")
+    assert int(ag_a.peer_status("b").get("rekeys", 0)) >= 1
+    _ping(b, A_IN)

@@ -43,6 +43,7 @@ PORTS_PER_IP = 16
 FLOOD_PPS = 800
 FLOOD_SECONDS = 8.0
 MIN_FLOOD_SECONDS = 3.0  # even when charon is up sooner, so that echoing sources reach their cap
+MIN_PACKETS = 1500  # and the flooder goes on (within FLOOD_SECONDS) until it has sent this many
 PSK = "meshsec-flood-test-psk-0123456789"
 NET_R, NET_C = "198.19.4.0/24", "198.19.3.0/24"
 COOKIE = 16390  # Notify.COOKIE
@@ -79,12 +80,15 @@ async def _responder() -> None:
     guard = responder.guard
     peak: dict[str, int] = {}
     peak_total = 0
+    first_cookie_half_open: int | None = None  # the half-open count when the first COOKIE went out
     receive = responder.receive
 
     def tracked(datagram: bytes, addr: tuple[str, int], now: float, local_port: int = 500) -> None:
         """Sample the half-open ledger after every datagram: the bound must hold at every instant."""
-        nonlocal peak_total
+        nonlocal peak_total, first_cookie_half_open
         receive(datagram, addr, now, local_port)
+        if first_cookie_half_open is None and responder.stats["cookies_sent"]:
+            first_cookie_half_open = guard.half_open
         peak[addr[0]] = max(peak.get(addr[0], 0), guard.half_open_from(addr[0]))
         peak_total = max(peak_total, guard.half_open)
 
@@ -114,6 +118,7 @@ async def _responder() -> None:
             half_open=guard.half_open,
             peak_total=peak_total,
             peak_per_source=peak,
+            first_cookie_half_open=first_cookie_half_open,
             cookies_sent=counters["cookies_sent"],
             dropped_dos_guard=counters["dropped_dos_guard"],
             responder_sessions=counters["responder_sessions"],
@@ -144,6 +149,8 @@ def _flooder(max_seconds: float, pps: int) -> None:
         pl = [Notify(COOKIE, data=cookie), *template] if cookie else template
         return encode_plain(Message(spi, bytes(8), Exchange.IKE_SA_INIT, Flag.INITIATOR, 0, list(pl)))
 
+    plain = request(bytes(8))  # SPIi is the first 8 octets: a fresh one per request is a splice
+
     sel = selectors.DefaultSelector()
     socks: list[tuple[socket.socket, str, bool]] = []
     for ip in FLOOD_IPS:
@@ -164,12 +171,13 @@ def _flooder(max_seconds: float, pps: int) -> None:
     last_send = start
     batch = max(1, pps // 50)
     k = 0
-    while not stop.is_set() and time.monotonic() - start < max_seconds:
-        for _ in range(batch):
+    while (elapsed := time.monotonic() - start) < max_seconds and not (stop.is_set() and sent >= MIN_PACKETS):
+        due = min(int(elapsed * pps) + batch - k, 4 * batch)  # catch up after a stall, in bounded bursts
+        for _ in range(max(0, due)):
             sk, ip, _echo = socks[k % len(socks)]
             k += 1
             try:
-                sk.sendto(request(os.urandom(8)), (R_IP, 500))
+                sk.sendto(os.urandom(8) + plain[8:], (R_IP, 500))
                 sent += 1
             except BlockingIOError:
                 pass
@@ -185,7 +193,8 @@ def _flooder(max_seconds: float, pps: int) -> None:
                     continue
                 ns = notifies(msg.payloads)
                 if COOKIE in ns:
-                    kind = "cookie"
+                    # RFC 7296 §2.6: the answer is the COOKIE notify alone, SPIr zero (no state kept)
+                    kind = "cookie" if len(msg.payloads) == 1 and not any(msg.spi_r) else "other:bad-cookie"
                     first_cookie_at = first_cookie_at or time.monotonic()
                     if echo:  # answer it: same SPIi, same Ni, COOKIE first (RFC 7296 §2.6)
                         key.fileobj.sendto(request(msg.spi_i, ns[COOKIE].data), (R_IP, 500))  # type: ignore[union-attr]
@@ -201,6 +210,7 @@ def _flooder(max_seconds: float, pps: int) -> None:
         "event": "done",
         "sent": sent,
         "sent_with_cookie": sent_with_cookie,
+        "source_ports": len({sk.getsockname() for sk, _, _ in socks}),
         "start": start,
         "last_send": last_send,
         "first_cookie_at": first_cookie_at,
@@ -231,12 +241,20 @@ class _Lines:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.items: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.items.append(json.loads(line))
+
+    def finish(self, timeout: float) -> None:
+        """Close the helper's stdin (its signal to stop), wait for it to exit and for its last line."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout)
+        self.reader.join(timeout)
 
     def last(self, event: str) -> dict[str, Any] | None:
         return next((x for x in reversed(self.items) if x["event"] == event), None)
@@ -253,11 +271,6 @@ def _helper(ns: Namespace, role: str, err: Any) -> _Lines:
     return _Lines(ns.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=str(ROOT)))
 
 
-def _close_stdin(lines: _Lines) -> None:
-    assert lines.proc.stdin is not None
-    lines.proc.stdin.close()
-
-
 def test_flood_switches_on_cookies_and_charon_still_connects(topology: Topology) -> None:
     r, f, c = topology.add("r"), topology.add("f"), topology.add("c")
     topology.link(r, f, [f"{R_F}/24"], [f"{ip}/24" for ip in FLOOD_IPS])
@@ -267,14 +280,13 @@ def test_flood_switches_on_cookies_and_charon_still_connects(topology: Topology)
     c.ip("route", "add", f"{R_IP}/32", "via", R_C)
     c.ip("addr", "add", "198.19.3.1/32", "dev", "lo")  # charon's local address inside its site
 
-    with tempfile.TemporaryDirectory(prefix="meshsec-flood-") as tmp:
-        err_path = Path(tmp, "helpers.err")
-        err = open(err_path, "wb")  # noqa: SIM115 - closed below; the helpers hold their own copies
+    with tempfile.TemporaryDirectory(prefix="meshsec-flood-") as tmp, open(Path(tmp, "err"), "wb") as err:
         resp = _helper(r, "responder", err)
         ready = resp.wait("ready", 20)
         threshold, per_source = ready["cookie_threshold"], ready["per_source_limit"]
         # the flood must be able to cross the cookie threshold despite the per-source cap
         assert len(FLOOD_IPS) * per_source > threshold
+        assert ready["half_open_timeout"] > 20  # no flood SA expires while the test runs
         conf = psk_tunnel_conf(
             local_addr=C_IP, remote_addr=R_IP, local_id="c.test", remote_id="r.test",
             local_ts=NET_C, remote_ts=NET_R, psk=PSK,
@@ -289,15 +301,15 @@ def test_flood_switches_on_cookies_and_charon_still_connects(topology: Topology)
                 up_at = time.monotonic()
                 time.sleep(max(0.0, flood_min_end - time.monotonic()))
             finally:
-                _close_stdin(flood)
-            done = flood.wait("done", 15)
+                flood.finish(FLOOD_SECONDS + 10)
+            done = flood.wait("done", 1)
             sas = charon.list_sas()
             charon_log = charon.log_tail(400_000)
-        _close_stdin(resp)
-        final = resp.wait("stats", 10, lambda s: s["t"] > up_at)
+        resp.finish(10)
+        final = resp.wait("stats", 1)  # the last one, printed after the flood ended
         ours = resp.items
-        err.close()
-        stderr = err_path.read_text(errors="replace")[-2000:]
+        err.flush()
+        stderr = Path(tmp, "err").read_text(errors="replace")[-2000:]
 
     def diag() -> str:
         kinds: dict[str, int] = {}
@@ -315,7 +327,8 @@ def test_flood_switches_on_cookies_and_charon_still_connects(topology: Topology)
     assert "IKE_SA_INIT request 0 [ N(COOKIE)" in charon_log, charon_log[-3000:]
 
     answers = done["answers"]
-    assert done["sent"] >= 1000, diag()  # a real flood, from 12 addresses x 16 ports
+    assert done["sent"] >= MIN_PACKETS, diag()  # a real flood, from 12 addresses x 16 ports each
+    assert done["source_ports"] == len(FLOOD_IPS) * PORTS_PER_IP, diag()
     assert final["internal_error"] == 0, diag()
     # cookies switch on once the half-open count reaches the threshold: exactly `threshold` cookie-less
     # requests got a real answer, every cookie-less answer after the first COOKIE is a COOKIE
@@ -323,6 +336,7 @@ def test_flood_switches_on_cookies_and_charon_still_connects(topology: Topology)
     accepted_plain = [a for a in plain if a["kind"] == "accepted"]
     cookies = [a for a in answers if a["kind"] == "cookie"]
     assert len(cookies) >= 100, diag()
+    assert final["first_cookie_half_open"] == threshold, diag()  # cookies start exactly at the threshold
     assert len(accepted_plain) <= threshold, diag()
     first_cookie = min(a["t"] for a in cookies)
     assert not [a for a in accepted_plain if a["t"] > first_cookie + 0.05], diag()

@@ -46,6 +46,7 @@ def peer(
     ike_rekey: int = 0,
     behind_nat: bool = False,
     external: bool = False,
+    child_rekey_bytes: int = 0,
 ) -> config_pb2.PeerConfig:
     p = config_pb2.PeerConfig(
         name=name,
@@ -71,6 +72,9 @@ def peer(
         remote_ts=list(remote_ts),
         esp_proposals=list(esp_proposals),
     )
+    if child_rekey_bytes:
+        c.lifetime.rekey_bytes = child_rekey_bytes
+        c.lifetime.life_bytes = child_rekey_bytes * 20
     if child_rekey:
         c.lifetime.rekey_seconds = child_rekey
         c.lifetime.life_seconds = child_rekey * 3

@@ -351,3 +351,29 @@ def test_one_node_change_reaches_every_agent_as_a_one_peer_delta(etcd: EtcdClust
                 assert not r.state.history.delta_since("node-e", v1)  # type: ignore[union-attr]
 
     run(body())
+
+
+def test_liveness_keys_share_one_lease_and_outlive_overlapping_streams(etcd: EtcdCluster) -> None:
+    """One lease for every stream's key (keepalives O(1), not per agent); a node's key stays while any
+    of its streams is open (a reconnect overlaps the old stream) and goes with the last one."""
+    from meshsec.controller.api.agent_service import SharedLease
+    from meshsec.controller.store import Store
+
+    async def body() -> None:
+        async with Store(etcd.endpoints) as store:
+            lease = SharedLease(store, 10)
+            a, b = Keys.connected("node-a"), Keys.connected("node-b")
+            for key in (a, a, b):  # node-a: an old and a new stream
+                lease.enter(key)
+                await lease.put(key, b"x")
+            kv_a, kv_b = await store.get(a), await store.get(b)
+            assert kv_a is not None and kv_b is not None and kv_a.lease == kv_b.lease != 0
+            await lease.leave(a)  # the old stream of node-a ends
+            assert await store.get(a) is not None
+            await lease.leave(a)
+            assert await store.get(a) is None and await store.get(b) is not None
+            await lease.leave(b)  # the last stream: the lease is revoked, nothing is kept alive
+            assert await store.get(b) is None
+            assert lease._task is None and lease._lease == 0
+
+    run(body())

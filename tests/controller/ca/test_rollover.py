@@ -166,3 +166,43 @@ def test_policy_for_a_node_certificate_lifetime_is_consistent() -> None:
         p = policy_for(lifetime, propagate=dt.timedelta(seconds=5))
         assert p.overlap >= lifetime  # every old-CA node certificate expires inside the overlap
         assert p.rotate_before >= p.propagate + p.overlap and p.ca_lifetime > p.rotate_before
+
+
+def test_switch_waits_for_lagging_agents_but_not_forever() -> None:
+    published = RolloverState(Phase.PUBLISHED, T0, "a", "b")
+    expiry = T0 + 500 * S
+    assert POLICY.max_wait == 100 * S
+    assert next_action(published, expiry, T0 + 10 * S, POLICY, lagging=3) is None
+    assert next_action(published, expiry, T0 + 99 * S, POLICY, lagging=1) is None
+    assert next_action(published, expiry, T0 + 100 * S, POLICY, lagging=1) is Action.SWITCH
+    assert next_action(published, expiry, T0 + 10 * S, POLICY, lagging=0) is Action.SWITCH
+
+
+def test_lagging_counts_reporting_agents_behind_the_new_bundle(etcd: EtcdCluster) -> None:
+    from meshsec.api.v1 import status_pb2
+
+    async def body() -> None:
+        sealer = Sealer(os.urandom(32))
+        async with Store(etcd.endpoints) as store:
+            await load_or_create_ca(store, sealer)
+            roll = RolloverStore(store, sealer, POLICY)
+            now = dt.datetime.now(dt.UTC)
+            await roll.step(now, requested=True)
+            begun = (await roll.read()).bundle_rev
+            await store.put(
+                Keys.status("old"), status_pb2.NodeStatus(applied_version=begun - 1).SerializeToString()
+            )
+            await store.put(
+                Keys.status("new"), status_pb2.NodeStatus(applied_version=begun).SerializeToString()
+            )
+            await store.put(Keys.status("bad"), b"\xff\xff\xff")
+            assert await roll.lagging(begun) == 2
+            assert (await roll.step(now + 10 * S))[0] is None  # held back by the lagging agents
+            await store.put(
+                Keys.status("old"), status_pb2.NodeStatus(applied_version=begun).SerializeToString()
+            )
+            await store.delete(Keys.status("bad"))  # its Report stream ended
+            action, st = await roll.step(now + 10 * S)
+            assert action is Action.SWITCH and st.phase is Phase.SWITCHED
+
+    asyncio.run(asyncio.wait_for(body(), 30))
