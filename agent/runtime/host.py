@@ -102,6 +102,7 @@ class AgentRuntime:
         self._credentials: mapping.Credentials | None = None
         self._boot_initiate: set[str] = set()  # agent peers we reach out to once after our start
         self._boot_deadline = 0.0
+        self._apply_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ Reconciler protocol
     async def apply(self, config: config_pb2.NodeConfig) -> None:
@@ -109,6 +110,12 @@ class AgentRuntime:
         copy = config_pb2.NodeConfig()
         copy.CopyFrom(config)
         self.desired = copy
+        async with self._apply_lock:  # the first apply sets up the host; a second one waits for it
+            await self._ensure_started(copy)
+        self._reconcile()
+
+    async def _ensure_started(self, copy: config_pb2.NodeConfig) -> None:
+        """Create TUN, routes and data plane on the first apply (again after a failed attempt)."""
         if self._dp is None:
             try:
                 await self._start(copy)
@@ -123,7 +130,6 @@ class AgentRuntime:
                 p.name for p in copy.peers if p.kind == spec_pb2.NODE_KIND_AGENT and p.endpoints
             }
             self._boot_deadline = self.clock() + self.opts.boot_contact_delay
-        self._reconcile()
 
     def status(self) -> status_pb2.NodeStatus:
         """Per-peer IKE and Child SA state, counters, DPD round trip and last error."""

@@ -267,9 +267,11 @@ class DesiredState:
                     compiler.update(inputs.spec)
                     self._compiler, out = compiler, None
                 else:
-                    creds = compiler_credentials(inputs.creds)
-                    changed = self._compiler.update(inputs.spec, creds)
-                    out = {name: _node_delta(self._compiler, name) for name in sorted(changed)}
+                    out = self._credentials_only(inputs)
+                    if out is None:
+                        creds = compiler_credentials(inputs.creds)
+                        changed = self._compiler.update(inputs.spec, creds)
+                        out = {name: _node_delta(self._compiler, name) for name in sorted(changed)}
                     out = {name: d for name, d in out.items() if d}
             except Exception:
                 self._rebuild()
@@ -279,6 +281,30 @@ class DesiredState:
             self._compiled_digest = inputs.digest()
             self._good = inputs
             return out
+
+    def _credentials_only(self, inputs: Inputs) -> dict[str, NodeDelta] | None:
+        """A change of only the CA bundle or the revocations (a revoke, a CA rollover step) changes
+        every agent's LocalConfig and no PeerConfig (peers depend on credentials only through the
+        PSKs, whose master never changes at run time).  MeshCompiler.update treats any credentials
+        change as a full recompile: 10^8 peer entries, minutes and tens of GB for 10,000 nodes.  So
+        here the new credentials go into the compiler's model and only LocalConfigs are rebuilt.
+        None: not such a change, or a compiler without that model (then `update` does it all)."""
+        good, compiler = self._good, self._compiler
+        model = getattr(compiler, "model", None)
+        if (
+            good is None
+            or model is None
+            or not hasattr(model, "local_config")
+            or good.spec_revision != inputs.spec_revision
+            or good.creds.psk_master != inputs.creds.psk_master
+        ):
+            return None
+        creds = compiler_credentials(inputs.creds)
+        compiler.creds = model.creds = creds
+        return {
+            name: NodeDelta(local=model.local_config(name).SerializeToString(deterministic=True))
+            for name in compiler.names()
+        }
 
     def _rebuild(self) -> None:
         """After a compiler failure its state is unknown: rebuild it at the last good inputs."""

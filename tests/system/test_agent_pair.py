@@ -9,7 +9,8 @@ notices a peer that vanished; an agent killed with SIGKILL (initiator or respond
 back within seconds of its restart; SIGHUP re-reads the file: changed ESP proposals replace the SA
 make-before-break with zero loss, a removed peer gets DELETE and loses its route, a returning one is
 back; a byte lifetime (ESP soft limit) rekeys under TCP load; a wrong PSK or disjoint proposals are
-reported in both agents' status with the failed check.
+reported in both agents' status with the failed check; an agent behind a port-remapping NAT joins
+and carries traffic both ways.
 """
 
 from __future__ import annotations
@@ -353,3 +354,34 @@ def test_byte_lifetime_rekeys_under_tcp_load(lab: tuple[Topology, str]) -> None:
     wait(lambda: ag_a.children("b") and ag_a.children("b")[0]["spiIn"] != spi0, 5, "a byte-triggered rekey")
     assert int(ag_a.peer_status("b").get("rekeys", 0)) >= 1
     _ping(b, A_IN)
+
+
+def test_agent_behind_nat_joins(lab: tuple[Topology, str]) -> None:
+    """a sits behind a MASQUERADE NAT with port remapping; b only knows it as behind_nat (no endpoint)
+    and learns where it is from IKE; ESP flows both ways through the NAT."""
+    topo, workdir = lab
+    a, nat, b = topo.add("a"), topo.add("nat"), topo.add("b")
+    nat_out, _ = topo.link(nat, b, ["198.18.0.1/24"], [f"{B_UL}/24"])
+    topo.link(a, nat, ["198.18.1.2/24"], ["198.18.1.1/24"])
+    a.ip("route", "add", "default", "via", "198.18.1.1")
+    nat.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    nat.run(
+        "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", nat_out, "-p", "udp",
+        "-j", "MASQUERADE", "--to-ports", "31000-32000",
+    )  # fmt: skip
+    a.ip("addr", "add", f"{A_IN}/32", "dev", "lo")
+    b.ip("addr", "add", f"{B_IN}/32", "dev", "lo")
+    cfg_a = node("a", [peer("b", endpoint=B_UL, local_ts=[A_NET], remote_ts=[B_NET])], behind_nat=True)
+    cfg_b = node(
+        "b",
+        [peer("a", endpoint=None, local_ts=[B_NET], remote_ts=[A_NET], initiate=False, behind_nat=True)],
+    )
+    ag_b = AgentProc(b, workdir, "b", cfg_b).start()
+    ag_a = AgentProc(a, workdir, "a", cfg_a).start()
+    assert ag_a.wait_up("b")["natDetected"] is True
+    st = ag_b.wait_up("a")
+    host, port = st["remoteEndpoint"].rsplit(":", 1)
+    assert host == "198.18.0.1" and 31000 <= int(port) <= 32000, st
+    _ping(b, A_IN)
+    _ping(a, B_IN)
+    assert _iperf(b, a, A_IN) >= 20_000_000

@@ -94,3 +94,38 @@ def test_unrelated_writes_and_a_fresh_replica_need_no_recompile(etcd: EtcdCluste
                 task.cancel()
 
     asyncio.run(asyncio.wait_for(body(), 30))
+
+
+def test_a_revocation_rebuilds_local_configs_only(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """Revoking a certificate changes every agent's LocalConfig and no peer: the replica sends each
+    agent only its new LocalConfig and builds no PeerConfig, and the result equals a full compile."""
+    from meshsec.controller.desired import compile_configs
+
+    async def body() -> None:
+        await h.init_state(tmp_path, etcd.endpoints)
+        async with Store(etcd.endpoints) as store:
+            state = DesiredState(store, Sealer(load_kek(tmp_path / "kek")))
+            task = asyncio.create_task(state.run())
+            try:
+                await asyncio.wait_for(state.ready.wait(), 5)
+                spec = load_spec(h.mesh_yaml(STEPS[1]), "mesh.yaml")
+                v1 = await store.put(Keys.SPEC, spec.SerializeToString(deterministic=True))
+                await asyncio.wait_for(state.wait_revision(v1, 5), 6)
+                before = {n: await state.snapshot(n) for n in STEPS[1]}
+                peers_built = state._compiler.peers_compiled
+                v2 = await store.put(Keys.revoked("ab" * 32), b"{}")
+                await asyncio.wait_for(state.wait_revision(v2, 5), 6)
+                assert state.version == v2 and "ab" * 32 in state.creds.revoked_fingerprints  # type: ignore[union-attr]
+                assert state._compiler.peers_compiled == peers_built  # no PeerConfig rebuilt
+                full = compile_configs(state.inputs.spec, state.inputs.creds)  # type: ignore[union-attr]
+                for node, held in before.items():
+                    delta = await state.delta_since(node, v1)
+                    assert delta is not None and not delta.upsert_peers and not delta.remove_peers
+                    assert list(delta.local.revoked_fingerprints) == ["ab" * 32]
+                    now = apply_delta(held, delta)
+                    now.version = 0
+                    assert now == full[node]
+            finally:
+                task.cancel()
+
+    asyncio.run(asyncio.wait_for(body(), 30))
