@@ -31,6 +31,7 @@ from meshsec.agent.controlplane import (
     enroll,
     enroll_address,
 )
+from meshsec.agent.controlplane.renewal import recover_pending
 from meshsec.agent.observability.metrics import AgentSources
 from meshsec.agent.observability.probes import AgentProbes, bind_reconciler, probe_sources, start_endpoint
 
@@ -148,6 +149,7 @@ async def _enroll(args: argparse.Namespace, identity: AgentIdentity) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     identity = AgentIdentity(args.state_dir)
+    recover_pending(identity)  # finish a key/cert swap a crash interrupted, before anything reads them
     probes = AgentProbes(identity.enrolled)
     sources = probe_sources(probes, args.node)
     listen, required = _metrics_listen(args.metrics_listen)
@@ -182,6 +184,9 @@ async def _run(
         backoff_max=args.backoff_max,
         idle_timeout=args.idle_timeout,
         report_interval=args.report_interval,
+        # A data plane that wants renewed certificates for new IKE_AUTHs exposes
+        # certificate_renewed(renewal.Renewed); established SAs are not touched.
+        on_renewed=getattr(reconciler, "certificate_renewed", None),
     )
     probes.client = client
     sources.node = node

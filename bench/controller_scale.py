@@ -1,16 +1,27 @@
-"""Controller scale benchmark, compile part: full meshes of 1,000 and 10,000 agents.
+"""Controller scale benchmark: full meshes of 1,000 and 10,000 agents, compile and fan-out.
 
-Prints, per fleet size: mesh.yaml validation time, index build time and memory, the time to
+Compile part (in this process): mesh.yaml validation time, index build time and memory, the time to
 materialize NodeConfigs (all of them for 1,000 nodes; a sample, extrapolated, for 10,000, where the
 whole mesh is 10^8 PeerConfigs), the time and work of a one-node change, and peak RSS.  Ratios are
 against a reference measured in the same run: building each PeerConfig through the protobuf API
 (the straightforward way) instead of from cached canonical fragments, and recompiling the whole fleet
-instead of the nodes a change touches.  The gRPC fan-out part (etcd write -> last agent's Sync, p50/p99
-with >= 1,000 simulated agents) belongs to the control-plane server and is added there.
+instead of the nodes a change touches.  Times are CPU seconds (the 2-core machine is shared).
 
-Times are CPU seconds of this process (the 2-core machine is shared).
+Fan-out part: a real etcd (tests/support/etcd.py), the controller as its own process
+(`meshsec-controller serve`), and `--agents` simulated agents in this process, each a grpc.aio
+channel with its own node certificate from the mesh CA (mTLS) and one Sync stream.  Prints the
+controller's start-up and memory (vs. holding every NodeConfig, as the previous design did), the cost
+of one snapshot, and, for `--changes` one-node changes (a node's subnet; the etcd write is the
+clock's start), the time until the LAST connected agent has the delta: p50 and p99 over the changes
+(with 10 changes p99 is the worst one), plus per-(agent, change) percentiles, CPU per change and a
+certificate revocation.  Reference: materializing every affected config per change (the previous
+design), from the compile part of the same run.  Every delivery is checked: a delta carrying exactly
+the changed peer.  Up to --snapshot-upto nodes agents start with a snapshot; above, they resume from
+the spec's version as agents restarting with a cached desired state do (1,000 snapshots of 2.6 MB
+would take minutes on 2 cores), and snapshots are sampled.
 
-Run: python bench/controller_scale.py [--sizes 1000 10000] [--sample 20]
+Run: python bench/controller_scale.py [--sizes 1000 10000] [--agents 1000] [--changes 10]
+     MESHSEC_BENCH_PROFILE=/tmp/ctl.prof ... also writes a cProfile of the controller.
 """
 
 from __future__ import annotations
@@ -378,18 +389,15 @@ async def fanout(
                     await asyncio.wait_for(s.first.wait(), 120)
                     t_snap.append(time.monotonic() - t)
                     task.cancel()
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(6.0)  # past one heartbeat: sent snapshots are no longer referenced
+                rss_settled = proc_status(ctl.popen.pid, "VmRSS")
 
-                last, per_agent, wrong, cpu_ctl, cpu_agents = [], [], 0, [], []
-                for k in range(changes):
-                    target = names[(k * 7919 + 13) % n]
-                    changed = spec_pb2.MeshSpec()
-                    changed.CopyFrom(spec)
-                    changed.nodes[index[target]].subnets[0] = f"198.18.{200 + k % 50}.{1 + k // 50}/32"
-                    data = changed.SerializeToString(deterministic=True)
+                async def timed(key: str, value: bytes, want: tuple[str, ...] | None, target: str) -> float:
+                    """Write, wait for every agent's delivery; per-agent latencies into the lists."""
+                    nonlocal wrong
                     c0, a0 = proc_cpu(ctl.popen.pid), time.process_time()
                     t0 = time.monotonic()
-                    version = await store.put(Keys.SPEC, data)
+                    version = await store.put(key, value)
                     deadline = t0 + 60
                     while not all(s.delivered(version) for s in sims) and time.monotonic() < deadline:
                         await asyncio.sleep(0.01)
@@ -399,16 +407,31 @@ async def fanout(
                         assert got is not None, f"{s.name} never got version {version}"
                         t_recv, kind, upserts = got
                         times.append(t_recv - t0)
-                        if s.name != target and (kind != 3 or upserts != (target,)):
-                            wrong += 1  # every other agent must get a one-peer delta: the target
-                        if s.name == target and kind != 3:
-                            wrong += 1
-                    last.append(max(times))
-                    per_agent += times
+                        if kind != 3 or (s.name != target and upserts != want):
+                            wrong += 1  # every agent gets a delta; all but the target only `want`
+                    per_agent.extend(times)
                     cpu_ctl.append(proc_cpu(ctl.popen.pid) - c0)
                     cpu_agents.append(time.process_time() - a0)
-                    spec = changed
                     await asyncio.sleep(0.5)
+                    return max(times)
+
+                last: list[float] = []
+                per_agent: list[float] = []
+                cpu_ctl: list[float] = []
+                cpu_agents: list[float] = []
+                wrong = 0
+                for k in range(changes):
+                    target = names[(k * 7919 + 13) % n]
+                    changed = spec_pb2.MeshSpec()
+                    changed.CopyFrom(spec)
+                    changed.nodes[index[target]].subnets[0] = f"198.18.{200 + k % 50}.{1 + k // 50}/32"
+                    data = changed.SerializeToString(deterministic=True)
+                    last.append(await timed(Keys.SPEC, data, (target,), target))
+                    spec = changed
+                change_stats = (pct(per_agent, 50), pct(per_agent, 99), pct(cpu_ctl, 50), pct(cpu_agents, 50))
+                # A revocation: every agent's LocalConfig changes, no peer does.
+                per_agent, cpu_ctl, cpu_agents = [], [], []
+                t_revoke = await timed(Keys.revoked(os.urandom(32).hex()), b"{}", (), "")
                 hwm = proc_status(ctl.popen.pid, "VmHWM")
                 server = scrape(metrics_port)
             finally:
@@ -426,7 +449,8 @@ async def fanout(
     )
     print(
         f"{len(sims)} agents connected in {t_connect:5.1f} s ({dict(first_kinds)} first; certificates "
-        f"issued in {t_certs:4.1f} s); controller RSS {rss_connected:6.0f} MiB, peak {hwm:6.0f} MiB"
+        f"issued in {t_certs:4.1f} s); controller RSS {rss_connected:6.0f} MiB, {rss_settled:6.0f} MiB 6 s "
+        f"later, peak {hwm:6.0f} MiB"
     )
     print(
         f"snapshot on demand: {pct(t_snap, 50) * 1e3:7.0f} ms p50 per agent "
@@ -437,17 +461,21 @@ async def fanout(
         f"p50 {pct(last, 50):5.2f} s  p99 {pct(last, 99):5.2f} s  max {max(last):5.2f} s"
     )
     print(
-        f"  per (agent, change) delivery: p50 {pct(per_agent, 50):5.2f} s  p99 {pct(per_agent, 99):5.2f} s; "
-        f"deliveries not a one-peer delta of the changed node: {wrong}"
+        f"  per (agent, change) delivery: p50 {change_stats[0]:5.2f} s  p99 {change_stats[1]:5.2f} s; "
+        f"deliveries not a delta of exactly the changed peer: {wrong}"
     )
     print(
-        f"  CPU per change: controller {pct(cpu_ctl, 50):5.2f} s, the {len(sims)} agents' process "
-        f"{pct(cpu_agents, 50):5.2f} s (p50; machine load average {os.getloadavg()[0]:.1f} on "
+        f"  CPU per change: controller {change_stats[2]:5.2f} s, the {len(sims)} agents' process "
+        f"{change_stats[3]:5.2f} s (p50; machine load average {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} CPUs)"
     )
     print(
         f"  vs full recompile per change ({n} configs materialized, {full_ref:7.1f} s CPU measured above): "
         f"{full_ref / pct(last, 50):7.1f}x faster at p50"
+    )
+    print(
+        f"revocation (every LocalConfig changes, no peer): etcd write -> last agent {t_revoke:5.2f} s, "
+        f"controller CPU {cpu_ctl[0]:5.2f} s (full recompile {full_ref:7.1f} s: {full_ref / t_revoke:6.1f}x)"
     )
     count = server.get("meshsec_controller_sync_push_seconds_count", 0)
     if count:

@@ -131,9 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--singleton-jobs",
-        action="store_true",
-        default=_env("MESHSEC_SINGLETON_JOBS", "") == "1",
-        help="run the singleton jobs (gc, CA rotation) under an etcd election (env MESHSEC_SINGLETON_JOBS=1)",
+        action=argparse.BooleanOptionalAction,
+        default=_env("MESHSEC_SINGLETON_JOBS", "1") != "0",
+        help="run the singleton jobs (gc, CA rotation) on the replica holding the etcd election "
+        "(default on; --no-singleton-jobs or env MESHSEC_SINGLETON_JOBS=0 to leave them to other replicas)",
+    )
+    serve.add_argument(
+        "--election-ttl",
+        type=int,
+        default=int(_env("MESHSEC_ELECTION_TTL", "10")),
+        help="lease TTL of the singleton-jobs election, seconds: a dead leader's jobs move to another "
+        "replica within it (min 2; env MESHSEC_ELECTION_TTL)",
     )
     serve.add_argument(
         "--metrics-listen",
@@ -145,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--agent-lease-ttl", type=int, default=10, help="agent liveness lease TTL, seconds")
     serve.add_argument(
         "--node-cert-hours", type=float, default=24 * 30, help="node certificate lifetime, hours"
+    )
+    serve.add_argument(
+        "--ca-propagate",
+        type=float,
+        default=600.0,
+        help="CA rollover: seconds a new CA is trusted everywhere before it signs (the old CA stays "
+        "trusted one node-certificate lifetime + this after the switch)",
     )
     return p
 
@@ -236,6 +251,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         etcd_client_port=args.etcd_client_port,
         etcd_peer_port=args.etcd_peer_port,
         singleton_jobs=args.singleton_jobs,
+        election_ttl=args.election_ttl,
+        ca_propagate=dt.timedelta(seconds=args.ca_propagate),
     )
     cfg.metrics_listen, cfg.metrics_required = _metrics_listen(args.metrics_listen)
     if args.replica:
@@ -252,8 +269,27 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) for timing flags that cannot work together."""
+    from meshsec.controller.ca.rollover import policy_for
+
+    if args.election_ttl < 2:
+        parser.error("--election-ttl must be at least 2 seconds")
+    if args.node_cert_hours <= 0 or args.ca_propagate <= 0:
+        parser.error("--node-cert-hours and --ca-propagate must be positive")
+    try:
+        policy_for(
+            dt.timedelta(hours=args.node_cert_hours), propagate=dt.timedelta(seconds=args.ca_propagate)
+        )
+    except ValueError as exc:
+        parser.error(f"--node-cert-hours/--ca-propagate: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        _check_serve(parser, args)
     _setup_logging(args.log_level)
     try:
         return asyncio.run(cmd_init(args) if args.command == "init" else cmd_serve(args))

@@ -89,7 +89,7 @@ build_apiserver() {
     rm -f "$src/vendor/github.com/modern-go/reflect2/go.mod"
     mkdir -p "$src/.go/src/k8s.io" "$CACHE/home"
     ln -sfn ../../.. "$src/.go/src/k8s.io/kubernetes"
-    log "building kube-apiserver and kubectl $K8S_VERSION with $(go version | cut -d' ' -f3) (a few minutes)"
+    log "building kube-apiserver $K8S_VERSION with $(go version | cut -d' ' -f3) (a few minutes)"
     (cd "$src" && env GOPATH="$src/.go" CGO_ENABLED=0 HOME="$CACHE/home" GOCACHE="$CACHE/gocache" \
         KUBE_GIT_VERSION="v$K8S_VERSION" KUBE_GIT_TREE_STATE=clean KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20 \
         nice -n 10 make WHAT=cmd/kube-apiserver >"$CACHE/build.log" 2>&1) \

@@ -5,6 +5,13 @@ host whose controller is down keeps its tunnels.  Then: connect, Sync resuming f
 apply each snapshot/delta (persist first, then reconcile), report status; on any failure keep the
 current state, log ONE line (at most every `log_every` seconds while it persists), and reconnect with
 jittered exponential backoff.  A delta that does not start at the held version forces a snapshot.
+
+Certificate renewal rides on each connection (renewal.CertificateRenewer: at two thirds of the
+lifetime with a fresh key, at once when the CA that signs now -- the first CA of the last Sync's
+``trusted_ca_pem`` -- is not the one that issued ours).  The next connection uses the new pair;
+``on_renewed`` hands it to whoever runs IKE, for new IKE_AUTHs.  ca.pem (trust for the controller
+channel) is learnt only from Renew/Enroll answers, never from Sync: ``trusted_ca_pem`` also carries
+external peers' CAs, which must not vouch for the controller.
 """
 
 from __future__ import annotations
@@ -19,8 +26,15 @@ from dataclasses import dataclass
 
 import grpc
 from meshsec.agent.controlplane.cache import DesiredStateCache
-from meshsec.agent.controlplane.enroll import CHANNEL_OPTIONS, AgentIdentity, EnrollError, grpc_target
+from meshsec.agent.controlplane.enroll import CHANNEL_OPTIONS, AgentIdentity, grpc_target
 from meshsec.agent.controlplane.reconciler import Reconciler
+from meshsec.agent.controlplane.renewal import (
+    CertificateRenewer,
+    OnRenewed,
+    RenewalSchedule,
+    Renewed,
+    recover_pending,
+)
 from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, config_pb2
 
 log = logging.getLogger(__name__)
@@ -28,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SyncEvent:
-    """What the client received or did: "cached", "snapshot", "delta" or "heartbeat"."""
+    """What the client received or did: "cached", "snapshot", "delta", "heartbeat" or "renewed"."""
 
     kind: str
     version: int
@@ -81,7 +95,9 @@ class ControlPlaneClient:
         idle_timeout: float = 20.0,
         report_interval: float = 10.0,
         log_every: float = 60.0,
-        renew_check: float = 300.0,
+        renew_check: float = 30.0,
+        renewal_schedule: RenewalSchedule | None = None,
+        on_renewed: OnRenewed | None = None,
     ) -> None:
         self.address = address
         self.node = node
@@ -92,7 +108,11 @@ class ControlPlaneClient:
         self._idle_timeout = idle_timeout
         self._report_interval = report_interval
         self._log_every = log_every
-        self._renew_check = renew_check
+        self._renew_check = renew_check  # longest sleep of the renewer: how soon a CA switch is seen
+        self._schedule = renewal_schedule or RenewalSchedule()
+        # Called (sync or async) with the new cert/key after each renewal; public so the agent runtime
+        # can attach itself after the client is built.  Its errors are logged, never fatal.
+        self.on_renewed: OnRenewed | None = on_renewed
         self.renewals = 0
         self.config: config_pb2.NodeConfig | None = None
         self.events: list[SyncEvent] = []
@@ -123,6 +143,8 @@ class ControlPlaneClient:
         self._report_now.set()
 
     async def run(self) -> None:
+        if recover_pending(self._identity):  # before anything reads node-key.pem / node.pem
+            log.info("completed a certificate swap interrupted by a crash")
         cached = self._cache.load()
         if cached is not None:
             self.config = cached
@@ -171,7 +193,9 @@ class ControlPlaneClient:
             resume = 0 if self._force_snapshot else self.version
             call = stub.Sync(agent_pb2.SyncRequest(node=self.node, resume_from_version=resume))
             reporter = asyncio.create_task(self._report(stub), name="report")
-            renewer = asyncio.create_task(self._renew(stub), name="renew")
+            renewer = asyncio.create_task(
+                self._renewer().run(stub, max_sleep=self._renew_check), name="renew"
+            )
             try:
                 while True:
                     async with asyncio.timeout(self._idle_timeout):
@@ -189,8 +213,12 @@ class ControlPlaneClient:
                 renewer.cancel()
                 call.cancel()
                 for task in (reporter, renewer):
-                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    try:
                         await task
+                    except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                        pass
+                    except Exception:  # a helper's bug must not take the Sync loop down with it
+                        log.exception("%s task failed", task.get_name())
 
     async def _handle(self, resp: agent_pb2.SyncResponse) -> None:
         kind = resp.WhichOneof("update")
@@ -222,17 +250,25 @@ class ControlPlaneClient:
                 self._cache.save(self.config)
             await self._event(SyncEvent("heartbeat", resp.version))
 
-    async def _renew(self, stub: agent_pb2_grpc.AgentServiceStub) -> None:
-        """Renew the certificate before it expires; the next connection uses the new one."""
-        while True:
-            if self._identity.needs_renewal():
-                try:
-                    await self._identity.renew(stub)
-                    self.renewals += 1
-                    log.info("certificate renewed")
-                except (grpc.aio.AioRpcError, EnrollError) as exc:
-                    log.warning("certificate renewal failed (%s); will retry", _reason(exc))
-            await asyncio.sleep(self._renew_check)
+    def _renewer(self) -> CertificateRenewer:
+        """The renewer of one connection; the CA that signs now comes from the last NodeConfig."""
+        return CertificateRenewer(
+            self._identity,
+            schedule=self._schedule,
+            signing_ca=lambda: self.config.local.trusted_ca_pem if self.config else None,
+            on_renewed=self._renewed,
+        )
+
+    async def _renewed(self, renewed: Renewed) -> None:
+        self.renewals += 1
+        if self.on_renewed is not None:
+            try:
+                result = self.on_renewed(renewed)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("on_renewed failed; the new certificate is on disk and used for the controller")
+        await self._event(SyncEvent("renewed", self.version))
 
     async def _report(self, stub: agent_pb2_grpc.AgentServiceStub) -> None:
         async def statuses() -> AsyncIterator[agent_pb2.ReportRequest]:

@@ -1,16 +1,16 @@
 """Agent identity: its key (generated here, never sent anywhere), certificate and CA, and enrollment.
 
 Owns the identity files in the agent state dir (node-key.pem 0600, node.pem, ca.pem) and the Enroll
-call.  On first contact the agent trusts the controller either through a CA file it was given or by
-pinning the CA certificate's SHA-256 (from `CreateToken`, kubeadm style): it reads the TLS chain the
-controller presents without verifying it, keeps only the certificate whose hash matches the pin, and
-then talks gRPC with full verification against that CA.
+call; renewal (a new key pair each time, crash-safe swap of key and certificate) is renewal.py's.
+On first contact the agent trusts the controller either through a CA file it was given or by pinning
+the CA certificate's SHA-256 (from `CreateToken`, kubeadm style): it reads the TLS chain the controller
+presents without verifying it, keeps only the certificate whose hash matches the pin, and then talks
+gRPC with full verification against that CA.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import hmac
 import os
@@ -102,31 +102,6 @@ class AgentIdentity:
             private_key=self.key_path.read_bytes(),
             certificate_chain=self.cert_path.read_bytes(),
         )
-
-    def needs_renewal(self, now: dt.datetime | None = None) -> bool:
-        """True once less than a third of the certificate's lifetime is left."""
-        cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-        now = now or dt.datetime.now(dt.UTC)
-        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-        return cert.not_valid_after_utc - now < lifetime / 3
-
-    async def renew(self, stub: agent_pb2_grpc.AgentServiceStub, timeout: float = 10.0) -> None:
-        """Renew with the same key (so cert and key can never be left mismatched by a crash)."""
-        resp = await stub.Renew(agent_pb2.RenewRequest(csr_pem=self.csr(self.node_name())), timeout=timeout)
-        cert = x509.load_pem_x509_certificate(resp.certificate_pem)
-        mine = (
-            self.private_key()
-            .public_key()
-            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
-        theirs = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        if mine != theirs:
-            raise EnrollError("controller renewed a certificate for another key")
-        if resp.ca_bundle_pem:
-            _write(self.ca_path, resp.ca_bundle_pem, 0o644)
-        _write(self.cert_path, resp.certificate_pem, 0o644)
 
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         """The node key, created (P-256, mode 0600) on first use; it never leaves this host."""

@@ -118,7 +118,9 @@ class IkeResponder:
             if isinstance(key, IkeSession):
                 key.abort(now, "half-open SA expired (no IKE_AUTH in time)")
                 self.sync(key)
-        for s in list(self.sessions):
+        # only sessions whose deadline (as of their last sync) has come: asking all of them cost O(SAs)
+        # per timer event; a session never synced (no entry) is asked, as before
+        for s in [s for s in self.sessions if self._deadlines.get(id(s), -inf) <= now]:
             t = s.get_timer()
             if t is not None and t <= now:
                 s.handle_timer(now)

@@ -35,6 +35,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self._state = state
         self._ca = ca
 
+    def set_ca(self, ca: CertificateAuthority) -> None:
+        """CreateToken pins `ca` from now on: the issuer of the server certificate this replica presents
+        (the old CA until a rollover retires it), so a new agent's pin matches the chain it is shown."""
+        self._ca = ca
+
     async def _admin(self, context: grpc.aio.ServicerContext) -> None:
         await require_role(context, ROLE_ADMIN, self._state.is_revoked)
 

@@ -153,6 +153,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._snapshots = asyncio.Semaphore(settings.concurrent_snapshots)
         self._lease = SharedLease(store, settings.agent_lease_ttl)
 
+    def set_ca(self, ca: CertificateAuthority) -> None:
+        """Sign from now on with `ca` (the CA that signs after a rollover step; ReplicaCredentials)."""
+        self._ca = ca
+
     # -- enrollment ------------------------------------------------------------------------------
     async def _record_cert(self, node: str, cert: x509.Certificate) -> None:
         fp = fingerprint(cert)
@@ -224,11 +228,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         )
 
     # -- sync ------------------------------------------------------------------------------------
-    async def _snapshot(self, node: str) -> AsyncIterator[agent_pb2.SyncResponse]:
-        """Build and send the whole NodeConfig.  The semaphore is held until the message is sent, so a
+    async def _snapshot(self, node: str, why: str) -> AsyncIterator[agent_pb2.SyncResponse]:
+        """Build and send the whole NodeConfig.  The semaphore is held until the snapshot is sent, so a
         reconnect storm of a large mesh never holds thousands of multi-megabyte snapshots at once."""
         async with self._snapshots:
             cfg = await self._state.snapshot(node)
+            log.info("sync %s: snapshot at version %d (%s)", node, cfg.version, why)
             yield agent_pb2.SyncResponse(version=cfg.version, snapshot=cfg)
 
     async def Sync(
@@ -246,14 +251,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             resume = request.resume_from_version
             delta = await self._state.delta_since(node, resume)
             if delta is None:
-                async with contextlib.aclosing(self._snapshot(node)) as snapshot:
+                why = f"asked to resume from {resume}"
+                async with contextlib.aclosing(self._snapshot(node, why)) as snapshot:
                     async for resp in snapshot:
-                        log.info(
-                            "sync %s: snapshot at version %d (asked to resume from %d)",
-                            node,
-                            resp.version,
-                            resume,
-                        )
                         agent_version = resp.version
                         yield resp
                 resp = None  # an idle stream must not pin its snapshot (megabytes in a large mesh)
@@ -276,8 +276,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     continue
                 delta = await self._state.delta_since(node, agent_version)
                 if delta is None:  # the history no longer reaches our version (the state was rebuilt)
-                    log.info("sync %s: history lost version %d; sending a snapshot", node, agent_version)
-                    async with contextlib.aclosing(self._snapshot(node)) as snapshot:
+                    why = f"the history no longer reaches version {agent_version}"
+                    async with contextlib.aclosing(self._snapshot(node, why)) as snapshot:
                         async for resp in snapshot:
                             agent_version = resp.version
                             yield resp

@@ -1,9 +1,13 @@
 """Controller: one replica assembled: KEK, etcd (external or embedded), CA, desired state, gRPC servers.
 
-Owns process-level wiring and lifecycle only.  TLS: each replica issues itself a fresh server
-certificate from the mesh CA at start (key in memory only; SAN DNS meshsec-controller, localhost, IP
-127.0.0.1) and sends the CA certificate in its chain so an agent can pin the CA by hash on first
-contact.
+Owns process-level wiring and lifecycle only.  TLS and the CA come from ReplicaCredentials
+(replica_credentials.py): the replica's server certificate (key in memory only; SAN DNS
+meshsec-controller, localhost, IP 127.0.0.1) is issued by the CA every agent can verify, re-issued
+before it expires and on every CA rollover step, and sent with its issuer in the chain so an agent can
+pin the CA by hash on first contact.  AgentService signs with the CA that signs now and AdminService
+pins the server certificate's issuer in CreateToken; both are told of every change (set_ca).  One
+RolloverPolicy, derived from the node certificate lifetime, serves RotateCA/GetCA and the CA rotation
+job, so both agree on when each rollover step is due.
 
 Two gRPC servers, because grpcio cannot make client certificates optional-but-verified on one port:
 the main server (TCP --listen and unix --socket) requires a client certificate issued by the mesh CA
@@ -28,8 +32,10 @@ from grpc_reflection.v1alpha import reflection
 from meshsec.api.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 from meshsec.controller.api.admin_service import AdminService
 from meshsec.controller.api.agent_service import AgentService, AgentSettings
+from meshsec.controller.api.replica_credentials import ReplicaCredentials
 from meshsec.controller.ca import CANotInitialized, CertificateAuthority, Sealer, load_ca, load_kek
 from meshsec.controller.ca.kek import KEK_FILENAME
+from meshsec.controller.ca.rollover import CurrentCA, RolloverError, RolloverPolicy, policy_for
 from meshsec.controller.desired import DesiredState
 from meshsec.controller.desired.contracts import using_standins
 from meshsec.controller.observability.etcd import instrument_store
@@ -65,7 +71,11 @@ class ControllerConfig:
     node_cert_lifetime: dt.timedelta = dt.timedelta(days=30)
     etcd_client_port: int = 0
     etcd_peer_port: int = 0
-    singleton_jobs: bool = False  # run controller/jobs (gc, CA rotation) under the etcd election
+    singleton_jobs: bool = True  # run controller/jobs (gc, CA rotation) under the etcd election
+    election_ttl: int = 10  # seconds: lease TTL of the singleton-jobs election (takeover time)
+    # How long a new CA is published (trusted everywhere) before it signs; the rest of the rollover
+    # timing follows from node_cert_lifetime (rollover.policy_for).  Seconds only in tests.
+    ca_propagate: dt.timedelta = dt.timedelta(minutes=10)
     metrics_listen: str | None = None  # HTTP /metrics /healthz /readyz (controller/observability)
     metrics_required: bool = False  # False: a taken port only disables the endpoint, with a warning
 
@@ -108,6 +118,9 @@ class Controller:
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: object | None = None
+        self.creds: ReplicaCredentials | None = None  # the CA state the services follow
+        self._tls: list[ReplicaCredentials] = []  # creds, then one more when TCP and unix are both served
+        self.policy: RolloverPolicy = policy_for(cfg.node_cert_lifetime, propagate=cfg.ca_propagate)
         self.probes = ControllerProbes(cfg.replica)
         self.metrics_server: object | None = None  # ObservabilityServer when cfg.metrics_listen
 
@@ -126,18 +139,22 @@ class Controller:
             return f"{host}:{self.enroll_port}"
         return f"unix://{self.cfg.enroll_socket}"
 
-    @staticmethod
-    def _bind(
-        server: grpc.aio.Server, listen: str | None, sock: Path | None, creds: grpc.ServerCredentials
-    ) -> int:
+    def _bind(self, server: grpc.aio.Server, listen: str | None, sock: Path | None, *, main: bool) -> int:
+        """Bind TCP and/or unix; each port gets credentials of its own ReplicaCredentials, because a
+        ReloadableServerTLS hands each update to the first port that asks (tls_reload._fetch pops it)
+        and grpc gives a credentials object's initial configuration to one port only."""
         port = 0
-        if listen:
-            port = server.add_secure_port(listen, creds)
-        if sock:
-            sock.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                sock.unlink()  # stale socket of a dead controller
-            server.add_secure_port(f"unix:{sock}", creds)
+        for i, address in enumerate(a for a in (listen, sock and f"unix:{sock}") if a):
+            tls = self._tls[i]
+            creds = tls.main_credentials() if main else tls.enroll_credentials()
+            if address.startswith("unix:"):
+                assert sock is not None
+                sock.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    sock.unlink()  # stale socket of a dead controller
+                server.add_secure_port(address, creds)
+            else:
+                port = server.add_secure_port(address, creds)
         return port
 
     async def start(self) -> None:
@@ -153,8 +170,14 @@ class Controller:
             raise
         instrument_store(self.store)
         try:
-            ca = await wait_for_ca(self.store, sealer)
-        except (CANotInitialized, StoreError):
+            await wait_for_ca(self.store, sealer)  # waits out a starting etcd; says "run init" if need be
+            self.creds = ReplicaCredentials(self.store, sealer, self.cfg.replica)
+            current = await self.creds.start()
+            self._tls = [self.creds]
+            if (self.cfg.listen and self.cfg.socket) or (self.cfg.enroll_listen and self.cfg.enroll_socket):
+                self._tls.append(ReplicaCredentials(self.store, sealer, self.cfg.replica))  # see _bind
+                await self._tls[1].start()
+        except (CANotInitialized, StoreError, RolloverError):
             await self.stop()
             raise
         standins = using_standins()
@@ -169,28 +192,34 @@ class Controller:
             node_cert_lifetime=self.cfg.node_cert_lifetime,
             replica=self.cfg.replica,
         )
-        agent_service = AgentService(self.store, self.state, ca, settings)
+        agent_service = AgentService(self.store, self.state, current.signing, settings)
+        admin = AdminService(self.store, self.state, current.tls_issuer)
+
+        def follow(cur: CurrentCA) -> None:
+            """Node certificates from the CA that signs now; tokens pin the server certificate's CA."""
+            agent_service.set_ca(cur.signing)
+            admin.set_ca(cur.tls_issuer)
+
+        self.creds.subscribe(follow)
         health_servicer = health.aio.HealthServicer()
-        cert_pem, key_pem = ca.issue_server(self.cfg.replica)
-        pair = [(key_pem, cert_pem + ca.cert_pem)]
 
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor()])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
-        admin = AdminService(self.store, self.state, ca)
         self._mount_lifecycle(admin, sealer)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (AGENT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        mtls = grpc.ssl_server_credentials(pair, root_certificates=ca.bundle_pem, require_client_auth=True)
-        self.port = self._bind(server, self.cfg.listen, self.cfg.socket, mtls)
+        # Both credentials reload on a CA change or a server-certificate refresh (new handshakes only).
+        self.port = self._bind(server, self.cfg.listen, self.cfg.socket, main=True)
 
         enroll_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor()])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, enroll_server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, enroll_server)
-        tls = grpc.ssl_server_credentials(pair, root_certificates=None, require_client_auth=False)
-        self.enroll_port = self._bind(enroll_server, self.cfg.enroll_listen, self.cfg.enroll_socket, tls)
+        self.enroll_port = self._bind(
+            enroll_server, self.cfg.enroll_listen, self.cfg.enroll_socket, main=False
+        )
 
         for srv in (server, enroll_server):
             await srv.start()
@@ -199,8 +228,13 @@ class Controller:
         if self.cfg.singleton_jobs:
             from meshsec.controller.jobs import SingletonRunner, standard_jobs
 
-            self._runner = SingletonRunner(self.store, self.cfg.replica, standard_jobs(self.store, sealer))
+            jobs = standard_jobs(self.store, sealer, rollover=self.policy)
+            self._runner = SingletonRunner(self.store, self.cfg.replica, jobs, ttl=self.cfg.election_ttl)
             self._runner.start()  # type: ignore[attr-defined]
+        # "serving on" should mean Apply and Sync answer: wait (bounded) for the first read of the
+        # desired state; meanwhile the ports are up and health says NOT_SERVING.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.state.ready.wait(), 10.0)
         main = [a for a in (self.port and self.address, self.cfg.socket and f"unix://{self.cfg.socket}") if a]
         enr = [
             a
@@ -259,7 +293,7 @@ class Controller:
         except ImportError:
             return
         assert self.store is not None and self.state is not None
-        mount(admin, LifecycleHandlers(self.store, sealer, self.state.is_revoked))
+        mount(admin, LifecycleHandlers(self.store, sealer, self.state.is_revoked, policy=self.policy))
 
     def _close_metrics(self) -> None:
         if self.metrics_server is not None:
@@ -275,6 +309,10 @@ class Controller:
         for srv in self._servers:
             await srv.stop(grace)
         self._servers.clear()
+        for tls in self._tls:
+            await tls.close()
+        self._tls.clear()
+        self.creds = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

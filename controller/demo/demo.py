@@ -17,6 +17,7 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from meshsec.api.v1 import admin_pb2
 from meshsec.controller.cli.client import Client
-from meshsec.controller.cli.errors import CliError
+from meshsec.controller.cli.errors import CliError, Exit
 from meshsec.controller.cli.settings import Settings
 
 from . import checks, traffic
@@ -37,6 +38,7 @@ from .ui import StepFailed, Ui
 WORKDIR_PREFIX = "meshsec-demo-"  # + the demo's pid, so a later demo can tell a dead one's folder
 PINGS = 3  # echo requests per pair
 IPERF_SECONDS = 2
+UNREACHABLE_GRACE = 10.0  # seconds an AdminService call retries while the controller is unreachable
 SETTLE = 1.0  # seconds every SA must stay up, in fresh reports, before the SA step passes
 
 
@@ -77,6 +79,13 @@ def _reported(status: admin_pb2.GetStatusResponse) -> dict[str, float]:
     return {n.node: n.reported_at.ToSeconds() + n.reported_at.nanos / 1e9 for n in status.nodes}
 
 
+def _free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for the controller's metrics; a second demo must not collide)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -108,6 +117,7 @@ class Demo:
         self.helpers: list[Proc] = []
         self.client: Client | None = None
         self.version = 0
+        self.metrics_port = _free_port()
         self.ready = False  # every check passed; the demo is just keeping the mesh up
         self.expected = self.plan.expected()
 
@@ -179,6 +189,7 @@ class Demo:
                 "--listen", "",  # unix sockets only: nothing on TCP but etcd on 127.0.0.1
                 "--enroll-listen", "",
                 "--enroll-socket", str(self.state / "enroll.sock"),
+                "--metrics-listen", f"127.0.0.1:{self.metrics_port}",  # not the fixed default port
                 "--replica", "demo",
                 "--heartbeat", "1",
                 "--agent-lease-ttl", "5",
@@ -186,11 +197,22 @@ class Demo:
         return cmd
 
     def _admin(self, method: str, request: object) -> object:
-        assert self.client is not None
-        try:
-            return self.client.call(getattr(self.client.admin, method), request)
-        except CliError as exc:
-            raise StepFailed(f"{method}: {exc.message}", self.logs / "controller.log") from None
+        """One AdminService call; a controller that is briefly unreachable is retried, a dead one is not."""
+        assert self.client is not None and self.controller is not None
+        deadline = time.monotonic() + UNREACHABLE_GRACE
+        while True:
+            try:
+                return self.client.call(getattr(self.client.admin, method), request)
+            except CliError as exc:
+                ctl = self.controller
+                if not ctl.alive():
+                    raise StepFailed(
+                        f"meshsec-controller exited with code {ctl.popen.returncode}: {ctl.last_line()}",
+                        ctl.log,
+                    ) from None
+                if exc.code != Exit.UNREACHABLE or time.monotonic() > deadline:
+                    raise StepFailed(f"{method}: {exc.message}", ctl.log) from None
+            time.sleep(0.3)
 
     def step_apply(self) -> None:
         with self.ui.step("meshctl apply -f mesh.yaml") as s:
@@ -407,6 +429,7 @@ class Demo:
         self.ui.line("The mesh is up.  Try, as root, in another terminal:", "bold")
         self.ui.line(f"  MESHCTL_CONFIG={self.meshctl_config} meshctl status --watch")
         self.ui.line(f"  ip netns exec {self.net.ns(lan_a.name)} ping {lan_b.address.split('/')[0]}")
+        self.ui.line(f"  curl -s http://127.0.0.1:{self.metrics_port}/metrics   # the controller's metrics")
         self.ui.line(f"  logs: {self.logs}")
         if self.opts.duration is None:
             self.ui.line("Ctrl-C stops the demo and removes everything it made.", "bold")

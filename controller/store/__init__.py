@@ -18,6 +18,14 @@ key                                   value                                     
 ``tokens/<id>``                       JSON {sha256 of secret, node, expires_at}               TTL lease
 ``certs/issued/<sha256>``             JSON {node, role, serial, not_after}                    permanent
 ``certs/revoked/<sha256>``            JSON {node, at}: refused by controller and peers        permanent
+``ca/rollover``                       JSON {phase, since, old, new, reason}: CA rollover      permanent
+                                      state (absent when stable; controller/ca/rollover.py)
+``ca/next-key``                       published, not yet signing CA's key, AES-GCM (KEK)      rollover
+``ca/previous-key``                   switched-out CA's key (server TLS until retirement)     rollover
+``election/<name>``                   identity of the replica holding election <name>          leader
+                                      (``jobs``: the singleton jobs; controller/jobs)          lease
+``gc/gone-since/<name>``              JSON {since}: node first seen without a Sync stream     permanent
+``gc/stale/<name>``                   JSON {since}: node gone longer than the gc limit        permanent
 ====================================  =====================================================  ==========
 
 The compile inputs are ``spec``, ``ca/`` and ``certs/revoked/``: a NodeConfig is a pure function of them

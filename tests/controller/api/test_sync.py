@@ -221,29 +221,39 @@ def test_invalid_spec_and_dry_run_store_nothing(etcd: EtcdCluster, tmp_path: Pat
 
 
 def test_agent_renews_its_certificate_before_expiry(etcd: EtcdCluster, tmp_path: Path) -> None:
-    """Short node certificates (2 min + 5 min backdating): the client renews at once, same key."""
+    """3 s node certificates (notBefore backdated 5 min): the client renews at two thirds of the
+    lifetime counted from when it got the certificate (not at once, as the backdated notBefore would
+    suggest), with a new key pair, and the new pair works."""
     import datetime as dt
 
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
     from meshsec.controller.ca import identity_of
 
     async def body() -> None:
         await h.init_state(tmp_path, etcd.endpoints)
-        async with h.replica(tmp_path, etcd.endpoints, node_cert_lifetime=dt.timedelta(minutes=2)) as r:
+        async with h.replica(tmp_path, etcd.endpoints, node_cert_lifetime=dt.timedelta(seconds=3)) as r:
             v1 = await h.apply(r.address, tmp_path, h.mesh_yaml(AB))
             a = await h.enrolled(r, tmp_path, tmp_path / "a", "node-a")
+            enrolled_at = time.monotonic()
             before = identity_of(a.cert_path.read_bytes())
             key_before = a.key_path.read_bytes()
-            c = h.client(r.address, "node-a", a, tmp_path / "a", renew_check=60)
+            c = h.client(r.address, "node-a", a, tmp_path / "a", renew_check=0.2)
             task = asyncio.create_task(c.run())
             try:
                 await c.wait_for(lambda: c.version >= v1, 5)
-                for _ in range(50):
-                    if c.renewals:
-                        break
-                    await asyncio.sleep(0.1)
+                await c.wait_for(lambda: c.renewals >= 1, 5)
+                assert time.monotonic() - enrolled_at >= 1.5  # ~2 s: 2/3 of 3 s from receipt
                 after = identity_of(a.cert_path.read_bytes())
                 assert c.renewals == 1 and after.fingerprint != before.fingerprint and after.name == "node-a"
-                assert a.key_path.read_bytes() == key_before
+                assert a.key_path.read_bytes() != key_before  # a fresh key pair per renewal
+                spki = serialization.PublicFormat.SubjectPublicKeyInfo
+                key = serialization.load_pem_private_key(a.key_path.read_bytes(), None)
+                cert = x509.load_pem_x509_certificate(a.cert_path.read_bytes())
+                assert cert.public_key().public_bytes(serialization.Encoding.DER, spki) == (
+                    key.public_key().public_bytes(serialization.Encoding.DER, spki)
+                )
+                assert any(e.kind == "renewed" for e in c.events)
                 record = await r.store.get(Keys.node("node-a"))  # type: ignore[union-attr]
                 assert record is not None and after.fingerprint.encode() in record.value
                 async with h.node_channel(r.address, a) as ch:  # the new certificate works
