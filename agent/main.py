@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import random
@@ -21,12 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+from meshsec.agent import host_options, k8s
 from meshsec.agent.controlplane import (
     AgentIdentity,
     ControlPlaneClient,
     DesiredStateCache,
     EnrollError,
-    Reconciler,
     RecordingReconciler,
     enroll,
     enroll_address,
@@ -41,6 +40,16 @@ DEFAULT_STATE_DIR = "/var/lib/meshsec/agent"
 DEFAULT_CONTROLLER = "unix:///run/meshsec/controller.sock"
 LOG_EVERY = 60.0  # seconds between repeated "unreachable" lines
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9451"
+
+
+def _truthy(text: str) -> bool:
+    """An env boolean as Helm renders it ("true"/"false"); anything else unset is an error."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"MESHSEC_ANNOUNCE_POD_CIDR: {text!r} is not a boolean (true or false)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one-time bootstrap token, needed only to enroll (env MESHSEC_TOKEN)",
     )
     p.add_argument(
+        "--token-file",
+        type=Path,
+        default=Path(env("MESHSEC_TOKEN_FILE", "")) if env("MESHSEC_TOKEN_FILE") else None,
+        help="file holding the bootstrap token, e.g. a mounted Secret; read only to enroll, and "
+        "preferred to --token when it exists and is not empty (env MESHSEC_TOKEN_FILE)",
+    )
+    p.add_argument(
         "--ca-hash",
         default=env("MESHSEC_CA_HASH", ""),
         help="SHA-256 of the controller CA, pinned on first contact (env MESHSEC_CA_HASH)",
@@ -87,6 +103,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconciler",
         default=env("MESHSEC_RECONCILER", ""),
         help="module:factory building the Reconciler (default: record and report)",
+    )
+    p.add_argument(
+        "--tun-device",
+        default=env("MESHSEC_TUN_DEVICE", host_options.DEFAULT_TUN_DEVICE),
+        help="TUN clone device for the data plane (env MESHSEC_TUN_DEVICE)",
+    )
+    p.add_argument(
+        "--ike-port",
+        default=env("MESHSEC_IKE_PORT", str(host_options.DEFAULT_IKE_PORT)),
+        help="UDP port for IKE (env MESHSEC_IKE_PORT)",
+    )
+    p.add_argument(
+        "--natt-port",
+        default=env("MESHSEC_NATT_PORT", str(host_options.DEFAULT_NATT_PORT)),
+        help="UDP port for NAT-T, IKE and ESP-in-UDP (env MESHSEC_NATT_PORT)",
+    )
+    p.add_argument(
+        "--node-ip",
+        default=env("MESHSEC_NODE_IP", ""),
+        help="this node's primary address, e.g. the Downward API's status.hostIP (env MESHSEC_NODE_IP)",
+    )
+    p.add_argument(
+        "--node-ips",
+        default=env("MESHSEC_NODE_IPS", ""),
+        help="all of this node's addresses, comma-separated, e.g. status.hostIPs (env MESHSEC_NODE_IPS)",
+    )
+    p.add_argument(
+        "--announce-pod-cidr",
+        action=argparse.BooleanOptionalAction,
+        default=env("MESHSEC_ANNOUNCE_POD_CIDR", ""),  # a string until run() checks it (_truthy)
+        help="read this node's spec.podCIDRs from the Kubernetes API (in-cluster ServiceAccount) and "
+        "announce them as its subnets; the spec must accept them (acceptAnnouncedSubnets) "
+        "(env MESHSEC_ANNOUNCE_POD_CIDR=true)",
+    )
+    p.add_argument(
+        "--kubernetes-sa-dir",
+        type=Path,
+        default=k8s.SA_DIR,
+        help=argparse.SUPPRESS,  # where the ServiceAccount token and ca.crt are mounted (tests)
     )
     p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect delay, seconds")
     p.add_argument(
@@ -119,22 +174,32 @@ def _metrics_listen(flag: str | None) -> tuple[str, bool]:
     return DEFAULT_METRICS_LISTEN, False
 
 
-def _reconciler(spec: str) -> Reconciler:
-    if not spec:
-        return RecordingReconciler()
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr or "Reconciler")()
+def bootstrap_token(args: argparse.Namespace) -> str:
+    """The token: from --token-file when it holds one (a mounted Secret), else --token; never logged."""
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            if not args.token:
+                raise EnrollError(f"--token-file {args.token_file}: {exc.strerror}") from None
+            token = ""
+        if token:
+            return token
+        if not args.token:
+            raise EnrollError(f"--token-file {args.token_file} is empty")
+    return str(args.token)
 
 
 async def _enroll(args: argparse.Namespace, identity: AgentIdentity) -> None:
-    if not args.token:
+    if not args.token and args.token_file is None:
         raise EnrollError(f"not enrolled yet ({identity.cert_path} missing) and no --token given")
+    token = bootstrap_token(args)
     ca_pem = args.ca_file.read_bytes() if args.ca_file else None
     address = args.enroll_address or enroll_address(args.controller)
     delay, last_log = 0.5, -LOG_EVERY
     while True:
         try:
-            await enroll(address, args.node, args.token, identity, ca_pem=ca_pem, ca_sha256=args.ca_hash)
+            await enroll(address, args.node, token, identity, ca_pem=ca_pem, ca_sha256=args.ca_hash)
             log.info("enrolled as %r", args.node)
             return
         except EnrollError as exc:
@@ -147,7 +212,25 @@ async def _enroll(args: argparse.Namespace, identity: AgentIdentity) -> None:
             delay = min(delay * 2, args.backoff_max)
 
 
+def host_settings(args: argparse.Namespace) -> host_options.HostOptions:
+    """The data plane's host settings from flags/env (ValueError names the bad one)."""
+    return host_options.build(
+        tun_device=args.tun_device,
+        ike_port=args.ike_port,
+        natt_port=args.natt_port,
+        node_ip=args.node_ip,
+        node_ips=args.node_ips,
+        state_dir=args.state_dir,
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
+    args.host = host_settings(args)  # bad settings fail before anything starts
+    if isinstance(args.announce_pod_cidr, str):
+        args.announce_pod_cidr = _truthy(args.announce_pod_cidr)
+    args.kubernetes = (
+        k8s.InCluster.from_env(sa_dir=args.kubernetes_sa_dir) if args.announce_pod_cidr else None
+    )
     identity = AgentIdentity(args.state_dir)
     recover_pending(identity)  # finish a key/cert swap a crash interrupted, before anything reads them
     probes = AgentProbes(identity.enrolled)
@@ -174,7 +257,7 @@ async def _run(
     node = identity.node_name()
     if args.node and args.node != node:
         raise EnrollError(f"state dir {args.state_dir} holds the identity of {node!r}, not {args.node!r}")
-    reconciler = _reconciler(args.reconciler)
+    reconciler = host_options.make_reconciler(args.reconciler, args.host, RecordingReconciler)
     client = ControlPlaneClient(
         address=args.controller,
         node=node,
@@ -192,6 +275,11 @@ async def _run(
     sources.node = node
     bind_reconciler(sources, reconciler, asyncio.get_running_loop())
     task = asyncio.create_task(client.run())
+    announcer = None
+    if args.kubernetes is not None:
+        announcer = asyncio.create_task(
+            k8s.poll_pod_cidrs(args.kubernetes, args.node or node, client.announce), name="pod-cidr"
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -199,6 +287,8 @@ async def _run(
     await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     probes.stopping = True  # /readyz fails while SAs are being deleted
     task.cancel()
+    if announcer is not None:
+        announcer.cancel()
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await task  # re-raises what ended the client, if it was not the signal
@@ -220,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return asyncio.run(run(args))
-    except (EnrollError, OSError, ValueError) as exc:
+    except (EnrollError, OSError, ValueError, k8s.KubernetesError) as exc:
         print(f"meshsec-agent: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -58,6 +59,10 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _server_names_env() -> list[str]:
+    return [n.strip() for n in os.environ.get("MESHSEC_SERVER_NAMES", "").split(",") if n.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meshsec-controller",
@@ -100,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
             default=_env("MESHSEC_SOCKET", DEFAULT_SOCKET),
             help=f"unix socket to serve on ('' = none; env MESHSEC_SOCKET; default {DEFAULT_SOCKET})",
         )
+        for what, env_name, text in (
+            ("ca", "MESHSEC_ETCD_CA_FILE", "CA certificate (PEM) that verifies etcd; turns TLS on"),
+            ("cert", "MESHSEC_ETCD_CERT_FILE", "client certificate (PEM) for etcd"),
+            ("key", "MESHSEC_ETCD_KEY_FILE", "client key (PEM) for etcd"),
+        ):
+            sp.add_argument(
+                f"--etcd-{what}-file",
+                type=Path,
+                default=Path(os.environ[env_name]) if os.environ.get(env_name) else None,
+                help=f"{text} (env {env_name})",
+            )
 
     init = sub.add_parser("init", help="create the KEK, the CA (in etcd) and admin credentials")
     common(init)
@@ -149,6 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP host:port for /metrics, /healthz, /readyz ('' = none; env MESHSEC_METRICS_LISTEN or "
         f"MESHSEC_HEALTH_LISTEN; default {DEFAULT_METRICS_LISTEN}, loopback: another address is your call)",
     )
+    serve.add_argument(
+        "--server-name",
+        action="append",
+        default=_server_names_env(),
+        metavar="NAME",
+        help="extra DNS name or IP address for this replica's server certificate, repeatable, e.g. "
+        "meshsec-controller.<ns>.svc (env MESHSEC_SERVER_NAMES, comma-separated; meshsec-controller, "
+        "localhost and 127.0.0.1 are always in it)",
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=float(
+            _env("MESHSEC_DRAIN_SECONDS", "5" if os.environ.get("KUBERNETES_SERVICE_HOST") else "0")
+        ),
+        help="on SIGTERM, report not ready (/readyz 503, gRPC health NOT_SERVING) this long before "
+        "stopping, so load balancers and Services stop sending new connections first (env "
+        "MESHSEC_DRAIN_SECONDS; default 5 in a Kubernetes pod, else 0)",
+    )
     serve.add_argument("--heartbeat", type=float, default=5.0, help="Sync heartbeat interval, seconds")
     serve.add_argument("--agent-lease-ttl", type=int, default=10, help="agent liveness lease TTL, seconds")
     serve.add_argument(
@@ -197,6 +232,9 @@ async def cmd_init(args: argparse.Namespace) -> int:
         etcd=_endpoints(args.etcd),
         etcd_client_port=args.etcd_client_port,
         etcd_peer_port=args.etcd_peer_port,
+        etcd_ca_file=args.etcd_ca_file,
+        etcd_cert_file=args.etcd_cert_file,
+        etcd_key_file=args.etcd_key_file,
     )
     store, embedded = await open_store(cfg)
     try:
@@ -253,6 +291,10 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         singleton_jobs=args.singleton_jobs,
         election_ttl=args.election_ttl,
         ca_propagate=dt.timedelta(seconds=args.ca_propagate),
+        etcd_ca_file=args.etcd_ca_file,
+        etcd_cert_file=args.etcd_cert_file,
+        etcd_key_file=args.etcd_key_file,
+        server_names=list(args.server_name),
     )
     cfg.metrics_listen, cfg.metrics_required = _metrics_listen(args.metrics_listen)
     if args.replica:
@@ -264,9 +306,28 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await drain(controller, args.drain_seconds, stop)
     log.info("stopping")
     await controller.stop()
     return 0
+
+
+async def drain(controller: object, seconds: float, stop: asyncio.Event) -> None:
+    """Report not-ready, then keep serving `seconds` more (a second signal cuts it short).
+
+    Kubernetes removes a terminating pod from Service endpoints asynchronously; serving on while
+    /readyz says 503 lets the endpoint removal reach every node before connections are refused.
+    """
+    controller.probes.stopping()  # type: ignore[attr-defined]
+    set_not_serving = getattr(controller, "set_not_serving", None)
+    if set_not_serving is not None:
+        await set_not_serving()
+    if seconds <= 0:
+        return
+    log.info("SIGTERM: not ready; draining for %.1f s before stopping", seconds)
+    stop.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -275,6 +336,14 @@ def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
     if args.election_ttl < 2:
         parser.error("--election-ttl must be at least 2 seconds")
+    from meshsec.controller.api.replica_credentials import split_server_names
+
+    try:
+        split_server_names(args.server_name)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.drain_seconds < 0:
+        parser.error("--drain-seconds must not be negative")
     if args.node_cert_hours <= 0 or args.ca_propagate <= 0:
         parser.error("--node-cert-hours and --ca-propagate must be positive")
     try:

@@ -121,6 +121,14 @@ class ControlPlaneClient:
         self._report_now = asyncio.Event()
         self._changed = asyncio.Condition()
         self._last_failure_log = 0.0
+        # Subnets this node announces (e.g. its Kubernetes podCIDRs), sent with every Report.
+        self.announced_subnets: list[str] = []
+
+    def announce(self, subnets: list[str]) -> None:
+        """Announce these subnets from the next Report on (sent at once when they changed)."""
+        if list(subnets) != self.announced_subnets:
+            self.announced_subnets = list(subnets)
+            self._report_now.set()
 
     @property
     def version(self) -> int:
@@ -275,6 +283,7 @@ class ControlPlaneClient:
             while True:
                 status = self._reconciler.status()
                 status.node = self.node
+                status.announced_subnets[:] = self.announced_subnets
                 yield agent_pb2.ReportRequest(status=status)
                 self._report_now.clear()
                 with contextlib.suppress(TimeoutError):

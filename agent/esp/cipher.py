@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import constant_time, hashes, hmac
@@ -60,6 +61,30 @@ class AeadEngine:
             return self._aead.decrypt(self._salt + esp[8:16], esp[16:], aad)
         except InvalidTag:
             raise EspDrop(DropReason.ICV_FAILURE) from None
+
+    def sealer(self, spi: int) -> Callable[[int, Buffer], bytes]:
+        """`seal` specialised for one SPI and the default IV (= seq): (seq, plaintext) -> ESP packet.
+
+        The data plane's per-packet path: one Python frame instead of three, nothing looked up per
+        call.  The closure holds the cipher object: whoever keeps it must drop it on wipe.
+        """
+        encrypt = self._aead.encrypt
+        salt = self._salt  # the SA's bytearray: wiped in place
+        hdr_iv, nonce = _HDR_IV.pack, _NONCE.pack
+        if self._esn:
+            aad = _AAD_ESN.pack
+
+            def seal_esn(seq: int, plaintext: Buffer) -> bytes:
+                return hdr_iv(spi, seq & _MASK32, seq) + encrypt(nonce(salt, seq), plaintext, aad(spi, seq))
+
+            return seal_esn
+        hdr = _HDR.pack
+
+        def seal(seq: int, plaintext: Buffer) -> bytes:
+            low = seq & _MASK32
+            return hdr_iv(spi, low, seq) + encrypt(nonce(salt, seq), plaintext, hdr(spi, low))
+
+        return seal
 
     def wipe(self) -> None:
         self._aead = None  # type: ignore[assignment]

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from meshsec.agent.esp.cipher import make_engine
+from meshsec.agent.esp.cipher import AeadEngine, make_engine
 from meshsec.agent.esp.errors import DropReason, EspDrop
 from meshsec.agent.esp.lifetime import (
     SEQ_MAX_32,
@@ -289,7 +289,17 @@ class OutboundSa(_SaBase):
     leaves them at their defaults.
     """
 
-    __slots__ = ("_block_mask", "_iv_source", "_seq", "_seq_max", "_t_seq", "_trailers", "_tunnel")
+    __slots__ = (
+        "_block_mask",
+        "_fast_seal",
+        "_fast_tails",
+        "_iv_source",
+        "_seq",
+        "_seq_max",
+        "_t_seq",
+        "_trailers",
+        "_tunnel",
+    )
 
     def __init__(
         self,
@@ -309,6 +319,18 @@ class OutboundSa(_SaBase):
         self._tunnel = params.mode is Mode.TUNNEL
         self._block_mask = self._spec.block - 1
         self._trailers: dict[int, bytes] = {}
+        # Fast path (tunnel mode, AES-GCM / ChaCha20-Poly1305, default IV): the whole of `_seal` and
+        # the engine's `seal` inlined into `protect`, with the trailer precomputed per (version,
+        # length mod 4) -- per-call overhead, not the cipher, dominated protect (~2 µs vs 0.85 µs).
+        self._fast_seal: Callable[[int, bytes | bytearray], bytes] | None = None
+        self._fast_tails: dict[int, tuple[bytes, ...]] = {}
+        engine = self._engine
+        if self._tunnel and iv_source is None and type(engine) is AeadEngine and self._spec.block == 4:
+            self._fast_seal = engine.sealer(self._spi)
+            pads = [(-(r + 2)) & 3 for r in range(4)]  # indexed by the inner length mod 4
+            self._fast_tails = {
+                v: tuple(_PADS[p] + bytes((p, nh)) for p in pads) for v, nh in ((4, 4), (6, 41))
+            }
 
     @property
     def seq(self) -> int:
@@ -324,6 +346,29 @@ class OutboundSa(_SaBase):
         end of the sequence space is reached, EspDrop(MALFORMED) for an unparsable inner packet.
         """
         n = len(packet)
+        seal = self._fast_seal
+        if seal is not None and n >= 20 and self._dead is None:
+            tails = self._fast_tails.get(packet[0] >> 4)
+            if tails is not None:
+                c = self._counters
+                packets = c.packets_out + 1
+                nbytes = c.bytes_out + n
+                seq = self._seq + 1
+                # no lifetime or sequence threshold reached: else `_seal` below handles it
+                if (
+                    packets < self._t_packets
+                    and nbytes < self._t_bytes
+                    and now < self._t_time
+                    and seq < self._t_seq
+                ):
+                    tail = tails[n & 3]
+                    out = seal(
+                        seq, packet + tail if type(packet) is not memoryview else b"".join((packet, tail))
+                    )
+                    self._seq = seq
+                    c.packets_out = packets
+                    c.bytes_out = nbytes
+                    return out
         if n < 20:
             raise EspDrop(DropReason.MALFORMED, "inner packet shorter than an IP header")
         if self._tunnel:
@@ -380,6 +425,10 @@ class OutboundSa(_SaBase):
         c.bytes_out = nbytes
         return out
 
+    def wipe(self) -> None:
+        super().wipe()
+        self._fast_seal = None  # the closure holds the cipher object
+
     def _seq_limit(self, seq: int) -> None:
         """RFC 4303 §3.3.3: never cycle the counter; ask for a rekey well before the end of the space."""
         if seq > self._seq_max:
@@ -432,7 +481,22 @@ class InboundSa(_SaBase):
         non-error drop. Every drop is counted in `counters` by reason.
         """
         try:
-            nh, plain, end = self._decap(esp, now)
+            if self._cbc or self._dead is not None or now >= self._t_time or len(esp) < self._min_len:
+                nh, plain, end = self._decap(esp, now)
+            else:  # `_decap` inlined for the common case (per-call overhead dominates unprotect)
+                spi, seq_low = _HDR.unpack_from(esp)
+                replay = self._replay
+                seq = replay.check(seq_low)
+                plain = self._open(esp, spi, seq)
+                replay.update(seq)
+                m = len(plain)
+                padlen = plain[m - 2]
+                end = m - 2 - padlen
+                if end < 0:
+                    raise EspDrop(DropReason.MALFORMED, "pad length beyond the payload")
+                if padlen and plain[end : m - 2] != _PADS[padlen]:
+                    raise EspDrop(DropReason.MALFORMED, "padding bytes are not 1, 2, 3, ...")
+                nh = plain[m - 1]
             if self._tunnel:
                 # inline: the common case, kept to a handful of operations
                 if nh == 4:

@@ -239,6 +239,9 @@ class Spd(Generic[V]):
         return self._count
 
 
+_CHECK_CACHE_MAX = 4096  # flows remembered per inbound SA (cleared when full: bounded memory)
+
+
 def compile_inbound_check(
     selectors: tuple[TrafficSelector, ...],
 ) -> Callable[[bytes | bytearray | memoryview], bool] | None:
@@ -263,7 +266,30 @@ def compile_inbound_check(
             )
         )
 
+    cache: dict[bytes, bool] = {}
+
     def check(packet: bytes | bytearray | memoryview) -> bool:
+        """Cached per flow: the key holds every byte `_check` reads (addresses, protocol, the first
+        4 bytes of L4), for the common shapes only (IPv4 without options or fragmentation, IPv6
+        whose next header follows the fixed header); anything else is checked uncached."""
+        if type(packet) is bytes:
+            n = len(packet)
+            b0 = packet[0] if n >= 24 else 0
+            if b0 == 0x45 and not packet[6] & 0x3F and not packet[7]:
+                key = packet[9:10] + packet[12:24]
+            elif b0 >> 4 == 6 and n >= 44:
+                key = packet[6:7] + packet[8:44]
+            else:
+                return _check(packet)
+            hit = cache.get(key)
+            if hit is None:
+                if len(cache) >= _CHECK_CACHE_MAX:
+                    cache.clear()
+                hit = cache[key] = _check(packet)
+            return hit
+        return _check(packet)
+
+    def _check(packet: bytes | bytearray | memoryview) -> bool:
         flow = parse_flow(packet)
         if flow is None:
             return False

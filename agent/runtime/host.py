@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from meshsec.agent.esp.transforms import transform_spec
 from meshsec.agent.ike import certs
 from meshsec.agent.ike import events as ev
 from meshsec.agent.ike.config import IkeConfig
+from meshsec.agent.ike.constants import Notify
 from meshsec.agent.ike.responder import IkeResponder
 from meshsec.agent.ike.session import IkeSession
 from meshsec.agent.runtime import mapping, plan
@@ -39,6 +41,8 @@ from meshsec.agent.runtime.status import node_status
 from meshsec.api.v1 import config_pb2, spec_pb2, status_pb2
 
 log = logging.getLogger("meshsec.agent.runtime")
+_NOTIFY_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+_NOTIFY_NAMES = frozenset(n.name for n in Notify)
 
 NATT_PORT = 4500
 IKE_PORT = 500
@@ -63,7 +67,7 @@ class RuntimeOptions:
     tick: float = 1.0  # seconds between housekeeping passes (retries, keepalives, counters)
     keepalive_interval: float = 20.0  # RFC 3948 NAT keepalives when we are behind a NAT
     rekey_grace: float = 2.0  # an old inbound SA lives this long after it was replaced or deleted
-    switch_timeout: float = 1.0  # outbound moves to a rekeyed SA at the latest this long after it
+    switch_timeout: float = 2.0  # outbound moves to a rekeyed SA at the latest this long after it
     retry_min: float = 1.0
     retry_max: float = 30.0
     shutdown_timeout: float = 2.0  # how long close() waits for DELETE answers
@@ -85,6 +89,7 @@ class AgentRuntime:
         self.clock = clock
         self.desired: config_pb2.NodeConfig | None = None
         self.errors: list[str] = []
+        self.ike_failures: dict[str, int] = {}  # IKE SA failures by reason (the notify name) since start
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ike: IkeResponder | None = None
         self._dp: Any = None
@@ -137,6 +142,18 @@ class AgentRuntime:
         return node_status(
             self.desired, self._sessions.values(), self._peers, self.errors, counters, self.clock()
         )
+
+    # ------------------------------------------------------------------ hooks of meshsec-agent (main.py)
+    def certificate_renewed(self, renewed: Any) -> None:
+        """The control plane renewed our certificate: new IKE_AUTHs use it; established SAs stay."""
+        key = serialization.load_pem_private_key(renewed.key_pem, password=None)
+        chain = certs.load_pem_certificates(renewed.cert_pem)
+        self._credentials = mapping.Credentials(private_key=key, cert_chain=tuple(chain))
+        log.info("certificate renewed; new IKE SAs authenticate with it")
+
+    def dataplane_counters(self) -> Any:
+        """The data plane's DataplaneCounters (plain ints, safe to read from another thread), or None."""
+        return self._dp.counters if self._dp is not None else None
 
     # ------------------------------------------------------------------ operator actions
     def rekey_children(self) -> int:
@@ -325,6 +342,7 @@ class AgentRuntime:
                     seen = True
             if seen:
                 s.ike.note_inbound_traffic(now)
+                self._sas.switch_when_used(s)
             rekey, delete = self._sas.expiring(s, now)
             for spi in rekey:
                 with contextlib.suppress(KeyError, RuntimeError):
@@ -456,6 +474,9 @@ class AgentRuntime:
         self._sessions[id(ike_s)] = s
         log.info("peer %s: initiating IKE to %s:%d", name, remote[0], remote[1])
 
+    def _count_failure(self, kind: str) -> None:
+        self.ike_failures[kind] = self.ike_failures.get(kind, 0) + 1
+
     def _backoff(self, ps: PeerState, now: float) -> None:
         ps.backoff = min(self.opts.retry_max, ps.backoff * 2 if ps.backoff else self.opts.retry_min)
         ps.retry_at = now + ps.backoff
@@ -570,11 +591,14 @@ class AgentRuntime:
             ps.dpd_rtt_us = int(event.rtt * 1e6)
         elif isinstance(event, ev.PeerDead):
             self._peer_error(s.peer, "peer dead: liveness checks unanswered")
+            self._count_failure("PEER_DEAD")
         elif isinstance(event, ev.IkeSaFailed | ev.IkeSaDeleted):
             # deleted by our own choice, or superseded by the peer's new SA: no error, no back-off
             ours = "deleted locally" in event.reason or event.reason.startswith("replaced")
             if not ours:
                 self._peer_error(s.peer, event.reason)
+                if isinstance(event, ev.IkeSaFailed):
+                    self._count_failure(_failure_kind(event.reason))
             self._sas.session_gone(s, ps)
             self._sessions.pop(id(s.ike), None)
             if s.initiator and s.established_at is None:
@@ -622,6 +646,14 @@ class AgentRuntime:
         self._sas.rekeyed(s, e, name, self._local_addr(e.new.peer[0]), self._esp_lifetime(s, name))
         ps.rekeys += 1
         log.info("peer %s: child %s rekeyed (in %08x -> %08x)", s.peer, name, e.old_spi_in, e.new.spi_in)
+
+
+def _failure_kind(reason: str) -> str:
+    """The notify name a failure reason starts with ("AUTHENTICATION_FAILED: ..."), else TIMEOUT/OTHER."""
+    for m in _NOTIFY_NAME.finditer(reason):
+        if m.group(0) in _NOTIFY_NAMES:
+            return m.group(0)
+    return "TIMEOUT" if "expired" in reason or "retransmi" in reason else "OTHER"
 
 
 def _default_listen(config: config_pb2.NodeConfig) -> list[str]:

@@ -246,6 +246,12 @@ class SaInstaller:
         else:
             self.loop.call_later(self.rekey_grace, self.dp.remove_inbound_sa, child.spi_in)
 
+    def switch_when_used(self, s: Session) -> None:
+        """The peer sends on a rekeyed SA, so it has the SA in both directions: move outbound now."""
+        for old_spi, new in list(s.switches.items()):
+            if new.inbound is not None and new.inbound.counters.packets_in:
+                self.switch_due(s, old_spi)
+
     @staticmethod
     def expiring(s: Session, now: float) -> tuple[list[int], list[int]]:
         """(inbound SPIs to rekey, inbound SPIs to delete) from the ESP lifetime events of `s`'s

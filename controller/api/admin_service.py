@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 from meshsec.api.v1 import admin_pb2, admin_pb2_grpc, spec_pb2, status_pb2
 from meshsec.controller.api.auth import require_role
 from meshsec.controller.ca import ROLE_ADMIN, CertificateAuthority, create_token
+from meshsec.controller.ca.tokens import MAX_USES
 from meshsec.controller.desired import DesiredState, SpecInvalid, load_spec, plan
 from meshsec.controller.desired.contracts import spec_errors
 from meshsec.controller.store import Compacted, Keys, Store, StoreError
@@ -206,13 +207,20 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CreateTokenResponse:
         await self._admin(context)
+        if request.uses > MAX_USES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"uses: at most {MAX_USES}")
         try:
             token, expires = await create_token(
-                self._store, node=request.node, ttl=request.ttl_seconds or 3600
+                self._store, node=request.node, ttl=request.ttl_seconds or 3600, uses=request.uses or 1
             )
         except StoreError as exc:
             await self._unavailable(context, exc)
-        log.info("bootstrap token created (node %r, expires %s)", request.node or "*", expires.isoformat())
+        log.info(
+            "bootstrap token created (node %r, %d use(s), expires %s)",
+            request.node or "*",
+            request.uses or 1,
+            expires.isoformat(),
+        )
         return admin_pb2.CreateTokenResponse(
             token=token, expires_at=_ts(expires.timestamp()), ca_cert_sha256=self._ca.sha256
         )

@@ -1,6 +1,7 @@
 """ReplicaCredentials: one replica's CA and TLS state, kept in step with etcd (rollover) and with time.
 
-Owns the replica's TLS server certificate (issued in memory by the CA every agent can verify, re-issued
+Owns the replica's TLS server certificate (issued in memory by the CA every agent can verify, with
+the configured --server-name SANs besides the standard ones, re-issued
 at two thirds of its lifetime and on every CA change), the two reloadable server credentials (main:
 client certificate required, roots = the trusted bundle; enrollment: none asked), and the follow_ca
 task.  Services that need the CA (AgentService signs with ``current.signing``; CreateToken pins
@@ -12,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from cryptography import x509
 from meshsec.controller.api.tls_reload import ReloadableServerTLS
+from meshsec.controller.ca.authority import ROLE_CONTROLLER, SERVER_NAME
 from meshsec.controller.ca.kek import Sealer
 from meshsec.controller.ca.rollover import CurrentCA, follow_ca, load_current
 from meshsec.controller.store import Store
@@ -25,6 +28,29 @@ from meshsec.controller.store import Store
 log = logging.getLogger(__name__)
 
 Listener = Callable[[CurrentCA], None]
+
+
+def split_server_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) of --server-name values: an address becomes an IP SAN, since TLS
+    clients match a dialled IP only against IP SANs.  Raises ValueError for a name no SAN can hold."""
+    dns: list[str] = []
+    ips: list[str] = []
+    for raw in names:
+        name = raw.strip().rstrip(".").lower()
+        if not name:
+            continue
+        try:
+            ips.append(str(ipaddress.ip_address(name.strip("[]"))))
+            continue
+        except ValueError:
+            pass
+        labels = name.removeprefix("*.").split(".")
+        if len(name) > 253 or not all(
+            0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels
+        ):
+            raise ValueError(f"--server-name {raw!r} is neither a DNS name nor an IP address")
+        dns.append(name)
+    return list(dict.fromkeys(dns)), list(dict.fromkeys(ips))
 
 
 class ReplicaCredentials:
@@ -38,8 +64,10 @@ class ReplicaCredentials:
         *,
         server_cert_lifetime: dt.timedelta = dt.timedelta(days=30),
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        server_names: Sequence[str] = (),
     ) -> None:
         self._store = store
+        self._dns, self._ips = split_server_names(server_names)
         self._sealer = sealer
         self._replica = replica
         self._lifetime = server_cert_lifetime
@@ -58,7 +86,16 @@ class ReplicaCredentials:
             listener(self.current)
 
     def _issue(self, cur: CurrentCA) -> tuple[bytes, bytes]:
-        cert, key = cur.tls_issuer.issue_server(self._replica, self._lifetime)
+        if self._dns or self._ips:  # the standard SANs (issue_server's) plus the configured names
+            cert, key = cur.tls_issuer.issue_keypair(
+                ROLE_CONTROLLER,
+                self._replica,
+                self._lifetime,
+                [SERVER_NAME, "localhost", *self._dns],
+                list(dict.fromkeys(["127.0.0.1", *self._ips])),
+            )
+        else:
+            cert, key = cur.tls_issuer.issue_server(self._replica, self._lifetime)
         parsed = x509.load_pem_x509_certificate(cert)
         start = max(parsed.not_valid_before_utc, self._clock())
         self._refresh_at = start + (parsed.not_valid_after_utc - start) * 2 / 3

@@ -78,6 +78,13 @@ class ControllerConfig:
     ca_propagate: dt.timedelta = dt.timedelta(minutes=10)
     metrics_listen: str | None = None  # HTTP /metrics /healthz /readyz (controller/observability)
     metrics_required: bool = False  # False: a taken port only disables the endpoint, with a warning
+    # TLS to an external etcd (PEM files, e.g. a mounted Secret): CA to verify it, client cert and key.
+    etcd_ca_file: Path | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
+    # More DNS names (or IP addresses) for this replica's server certificate, e.g. the Kubernetes
+    # Service names meshsec-controller.<ns>.svc, so clients that check the name they dial verify.
+    server_names: list[str] = field(default_factory=list)
 
 
 async def open_store(cfg: ControllerConfig) -> tuple[Store, EmbeddedEtcd | None]:
@@ -89,7 +96,26 @@ async def open_store(cfg: ControllerConfig) -> tuple[Store, EmbeddedEtcd | None]
         )
         await embedded.start()
         endpoints = [embedded.endpoint]
-    return await Store(endpoints).open(), embedded
+    return await Store(endpoints, **etcd_tls(cfg)).open(), embedded
+
+
+def etcd_tls(cfg: ControllerConfig) -> dict[str, bytes | None]:
+    """Store's TLS keyword arguments from the configured PEM files (none: plain TCP).
+
+    Read once at start: etcd client certificates are long-lived; a rotated Secret takes a restart.
+    """
+    files = (cfg.etcd_ca_file, cfg.etcd_cert_file, cfg.etcd_key_file)
+    if not any(files):
+        return {}
+    if cfg.etcd_ca_file is None:
+        raise StoreError("--etcd-cert-file/--etcd-key-file need --etcd-ca-file (TLS to etcd)")
+    if (cfg.etcd_cert_file is None) != (cfg.etcd_key_file is None):
+        raise StoreError("--etcd-cert-file and --etcd-key-file go together")
+    try:
+        ca, cert, key = (f.read_bytes() if f is not None else None for f in files)
+    except OSError as exc:
+        raise StoreError(f"etcd TLS: cannot read {exc.filename}: {exc.strerror}") from None
+    return {"ca_cert": ca, "cert": cert, "key": key}
 
 
 async def wait_for_ca(store: Store, sealer: Sealer, timeout: float = 30.0) -> CertificateAuthority:
@@ -123,6 +149,8 @@ class Controller:
         self.policy: RolloverPolicy = policy_for(cfg.node_cert_lifetime, propagate=cfg.ca_propagate)
         self.probes = ControllerProbes(cfg.replica)
         self.metrics_server: object | None = None  # ObservabilityServer when cfg.metrics_listen
+        self._health_servicer: health.aio.HealthServicer | None = None
+        self._draining = False  # set_not_serving() called: health stays NOT_SERVING
 
     @property
     def address(self) -> str:
@@ -138,6 +166,10 @@ class Controller:
             host = (self.cfg.enroll_listen or "127.0.0.1").rsplit(":", 1)[0]
             return f"{host}:{self.enroll_port}"
         return f"unix://{self.cfg.enroll_socket}"
+
+    def _new_credentials(self, sealer: Sealer) -> ReplicaCredentials:
+        assert self.store is not None
+        return ReplicaCredentials(self.store, sealer, self.cfg.replica, server_names=self.cfg.server_names)
 
     def _bind(self, server: grpc.aio.Server, listen: str | None, sock: Path | None, *, main: bool) -> int:
         """Bind TCP and/or unix; each port gets credentials of its own ReplicaCredentials, because a
@@ -171,11 +203,11 @@ class Controller:
         instrument_store(self.store)
         try:
             await wait_for_ca(self.store, sealer)  # waits out a starting etcd; says "run init" if need be
-            self.creds = ReplicaCredentials(self.store, sealer, self.cfg.replica)
+            self.creds = self._new_credentials(sealer)
             current = await self.creds.start()
             self._tls = [self.creds]
             if (self.cfg.listen and self.cfg.socket) or (self.cfg.enroll_listen and self.cfg.enroll_socket):
-                self._tls.append(ReplicaCredentials(self.store, sealer, self.cfg.replica))  # see _bind
+                self._tls.append(self._new_credentials(sealer))  # see _bind
                 await self._tls[1].start()
         except (CANotInitialized, StoreError, RolloverError):
             await self.stop()
@@ -201,7 +233,7 @@ class Controller:
             admin.set_ca(cur.tls_issuer)
 
         self.creds.subscribe(follow)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = self._health_servicer = health.aio.HealthServicer()
 
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor()])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
@@ -265,7 +297,7 @@ class Controller:
                 except StoreError:
                     now = False
             self.probes.update(loaded=self.state.ready.is_set(), etcd_ok=now)
-            if now != serving:
+            if now != serving and not self._draining:  # set_not_serving() has the last word
                 status = (
                     health_pb2.HealthCheckResponse.SERVING
                     if now
@@ -285,6 +317,13 @@ class Controller:
                     await asyncio.wait_for(self.state.ready.wait(), 0.5)
             else:
                 await asyncio.sleep(1.0)
+
+    async def set_not_serving(self) -> None:
+        """Draining before stop (SIGTERM): gRPC health NOT_SERVING from now on; calls still served."""
+        self._draining = True
+        if self._health_servicer is not None:
+            for name in ("", AGENT_SERVICE, ADMIN_SERVICE):
+                await self._health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _mount_lifecycle(self, admin: AdminService, sealer: Sealer) -> None:
         """RevokeNode/RotateCA/GetCA live in lifecycle_service.py (another module's job) when present."""

@@ -116,9 +116,15 @@ def build_parser() -> Parser:
 
     p = command("token", "bootstrap tokens for enrolling nodes")
     token_sub = p.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
-    create = token_sub.add_parser("create", help="create a one-time token (printed once)")
+    create = token_sub.add_parser("create", help="create a bootstrap token (printed once; --uses N for N nodes)")
     create.add_argument("--node", default="", help="bind the token to this node name")
     create.add_argument("--ttl", default="1h", help="validity, e.g. 30m, 1h (default 1h)")
+    create.add_argument(
+        "--uses",
+        type=int,
+        default=1,
+        help="enrollments the token admits (default 1; e.g. the node count for a Kubernetes DaemonSet)",
+    )
     _output_option(create)
     _connection_options(create, suppress=True)
     create.set_defaults(func=cmd_token_create)
@@ -383,14 +389,18 @@ def cmd_token_create(args: argparse.Namespace) -> None:
         ttl = parse_duration(args.ttl)
     except BadValue as exc:
         raise CliError(Exit.USAGE, f"--ttl: {exc}") from None
+    if args.uses < 1:
+        raise CliError(Exit.USAGE, "--uses: must be at least 1")
     client = _client(args)
     resp = client.call(
-        client.admin.CreateToken, admin_pb2.CreateTokenRequest(node=args.node, ttl_seconds=ttl)
+        client.admin.CreateToken,
+        admin_pb2.CreateTokenRequest(node=args.node, ttl_seconds=ttl, uses=args.uses),
     )
     data = {
         "token": resp.token,
         "expiresAt": render.timestamp(resp.expires_at),
         "caCertSha256": resp.ca_cert_sha256,
+        "uses": args.uses,
     }
     if args.output == "table":
         sys.stdout.write(resp.token + "\n")  # the one thing people pipe; details with -o json/yaml

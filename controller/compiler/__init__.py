@@ -1,7 +1,8 @@
 """The mesh compiler: MeshSpec -> per-agent NodeConfig (peers, IKE settings, child SAs), incrementally.
 
-Public API: `Credentials`, `compile_mesh(spec, creds)`, `MeshCompiler(creds)` (`update`, `config`,
-`config_bytes`, `delta`, counters), `plan(old, new, creds)`, and `diff` / `apply_delta`.  Semantics are
+Public API: `Credentials`, `compile_mesh(spec, creds)`, `MeshCompiler(creds, cache_peers, delta_peers)`
+(`update`, `update_credentials`, `config`, `config_bytes`, `delta`, `changes`, counters), `plan(old,
+new, creds)`, and `diff` / `apply_delta`.  Semantics are
 in `.model`, change tracking in `.incremental`.  `.delta` imports nothing from the controller, and
 this package loads its other modules lazily, so the agent can import
 `meshsec.controller.compiler.delta` without pulling in the spec loader.  Must not touch etcd, gRPC or

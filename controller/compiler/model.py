@@ -126,6 +126,14 @@ class Model:
         self._ts = {k: v for k, v in old._ts.items() if k[0] not in nodes and k[1] not in policies}
         self._prefix = {k: v for k, v in old._prefix.items() if k[0] not in nodes and k[1] not in policies}
 
+    def with_creds(self, creds: Credentials) -> Model:
+        """The same spec and fragment caches under other credentials.  Only for credentials with the
+        same PSK master: the cached fragments hold no PSK, CA or revocation (those are read per call)."""
+        out = Model.__new__(Model)
+        out.__dict__.update(self.__dict__)
+        out.creds = creds
+        return out
+
     # --- topology ---------------------------------------------------------------------------------
     def agents(self) -> list[str]:
         return sorted(self.index.agents)
@@ -142,6 +150,22 @@ class Model:
             out |= pm.peers_of(name)
         out.discard(name)
         return out
+
+    def peer_count(self, name: str) -> int:
+        """An upper bound on an agent's peers (pairs reached by several policies count once each), from
+        the index in O(its policies): what an update uses to price a change before building anything."""
+        if name not in self.index.agents:
+            return 0
+        total = 0
+        for pm in self.node_policies.get(name, ()):
+            topo = pm.policy.topology
+            if topo == spec_pb2.TOPOLOGY_PAIRS:
+                total += len(pm.partners.get(name, ()))
+            elif topo == spec_pb2.TOPOLOGY_HUB_AND_SPOKE:
+                total += len(pm.members) if name in pm.hubs else len(pm.hubs) if name in pm.members else 0
+            elif name in pm.members:
+                total += len(pm.members) - 1
+        return total
 
     def policies_between(self, a: str, b: str) -> list[PolicyMembers]:
         return [pm for pm in self.node_policies.get(a, ()) if pm.connects(a, b)]

@@ -61,7 +61,7 @@ def plan(
     compiled meshes ({name: NodeConfig}); nodes without changes are left out."""
     if isinstance(new, Mapping):
         return plan_configs(old or {}, new)  # type: ignore[arg-type]
-    compiler = MeshCompiler(creds or Credentials())
+    compiler = MeshCompiler(creds or Credentials(), delta_peers=None)  # a plan lists every peer
     compiler.update(old if isinstance(old, spec_pb2.MeshSpec) else spec_pb2.MeshSpec())
     compiler.update(new)
     return plan_from_changes(compiler)

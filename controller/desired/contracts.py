@@ -159,13 +159,18 @@ _CompilerCredentials = _optional("meshsec.controller.compiler", "Credentials")
 
 
 def compiler_credentials(creds: Any) -> Any:
-    """Our Credentials in the compiler's own type when it defines one (same three things)."""
+    """Our Credentials in the compiler's own type when it defines one (same three things), with a
+    `psk_version` that changes with the PSK master (a one-way hash of it), so the compiler can tell
+    a new master (every PSK peer changes) from a CA or revocation change (LocalConfigs only)."""
     if _CompilerCredentials is None:
         return creds
+    master = getattr(creds, "psk_master", b"") or b""
+    version = hashlib.sha256(b"meshsec psk version\x00" + master).hexdigest()[:16] if master else ""
     return _CompilerCredentials(
         trusted_ca_pem=creds.trusted_ca_pem,
         revoked_fingerprints=sorted(creds.revoked_fingerprints),
         psk_for=creds.psk_for,
+        psk_version=version,
     )
 
 
@@ -219,11 +224,12 @@ class _FullCompiler:
 _MeshCompiler = _optional("meshsec.controller.compiler", "MeshCompiler")
 
 
-def new_compiler(creds: Any, cache_peers: int = 200_000) -> Any:
+def new_compiler(creds: Any, cache_peers: int = 200_000, delta_peers: int = 100_000) -> Any:
     """An incremental compiler: `update(spec, creds) -> changed agents`, `config_bytes(name)` (KeyError
-    if none), `delta(name)`.  `cache_peers` bounds the peer entries it keeps materialized."""
+    if none), `delta(name)` (None: send a snapshot).  `cache_peers` bounds the peer entries it keeps
+    materialized; `delta_peers` the entries one update may build for deltas (above: snapshots)."""
     if _MeshCompiler is not None and compile_mesh is not _standin_compile_mesh:
-        return _MeshCompiler(compiler_credentials(creds), cache_peers=cache_peers)
+        return _MeshCompiler(compiler_credentials(creds), cache_peers=cache_peers, delta_peers=delta_peers)
     return _FullCompiler(compiler_credentials(creds))
 
 

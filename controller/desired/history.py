@@ -28,9 +28,12 @@ class NodeDelta:
     local: bytes | None = None  # the new LocalConfig, when it changed
     upserts: Mapping[str, bytes] = field(default_factory=dict)  # peer name -> PeerConfig bytes
     removes: frozenset[str] = frozenset()
+    # The compiler found the change too large for a delta (a profile every node uses): this node needs
+    # a snapshot, built on demand.  Nodes the change did not touch stay answerable with deltas.
+    snapshot: bool = False
 
     def __bool__(self) -> bool:
-        return self.local is not None or bool(self.upserts) or bool(self.removes)
+        return self.local is not None or bool(self.upserts) or bool(self.removes) or self.snapshot
 
     def size(self) -> int:
         """Approximate bytes held (the history's memory budget counts this)."""
@@ -42,11 +45,14 @@ class NodeDelta:
 
     @staticmethod
     def compose(deltas: Iterable[NodeDelta]) -> NodeDelta:
-        """The single delta equal to applying `deltas` in order (later entries win)."""
+        """The single delta equal to applying `deltas` in order (later entries win); a snapshot if
+        any of them is one."""
         local: bytes | None = None
         upserts: dict[str, bytes] = {}
         removes: set[str] = set()
         for d in deltas:
+            if d.snapshot:
+                return _SNAPSHOT
             if d.local is not None:
                 local = d.local
             for name in d.removes:
@@ -66,6 +72,9 @@ class NodeDelta:
             msg.upsert_peers.add().MergeFromString(self.upserts[name])
         msg.remove_peers.extend(sorted(self.removes))
         return msg
+
+
+_SNAPSHOT = NodeDelta(snapshot=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +127,8 @@ class History:
         return version >= self.since
 
     def delta_since(self, node: str, version: int) -> NodeDelta | None:
-        """What `node` must receive to go from `version` to the newest change; None if not covered.
+        """What `node` must receive to go from `version` to the newest change; None if not covered;
+        a delta with `snapshot` set when a change on the way was too large for deltas.
         Cost: the changes newer than `version` (usually one), not the node's peer count."""
         if version < self.since:
             return None

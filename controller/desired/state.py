@@ -12,7 +12,9 @@ What is held, and why (a 10,000-node full mesh is 10^8 peer entries, ~26 GB as N
   change touches), in a history bounded by count and bytes.  Live streams and resumes are answered by
   composing the deltas newer than the agent's version; versions older than the history are
   reconstructed from etcd's MVCC history (cheap when the inputs did not change), and only a
-  compacted version forces a snapshot.
+  compacted version forces a snapshot.  A change the compiler prices above its delta budget (a
+  profile every node uses) builds nothing: its nodes get a snapshot marker in the history and take a
+  snapshot, built on demand; nodes it does not touch keep receiving deltas.
 
 Compiler work runs in worker threads (streams keep flowing); a gate serializes it and lets an update
 overtake queued snapshot builds, so a change is not delayed by a reconnect storm.  This package must
@@ -53,6 +55,8 @@ def _node_delta(compiler: Any, name: str) -> NodeDelta:
     """The compiler's record of what its last update did to `name`, kept as bytes."""
     change = getattr(compiler, "changes", {}).get(name)
     if change is not None and hasattr(change, "added"):  # MeshCompiler.NodeChange: bytes already
+        if getattr(change, "snapshot", False):  # too large for a delta: nothing was built
+            return NodeDelta(snapshot=True)
         if change.node_removed:
             local = config_pb2.LocalConfig(name=name).SerializeToString(deterministic=True)
             return NodeDelta(local, {}, frozenset(change.removed))
@@ -107,6 +111,7 @@ class DesiredState:
         history: int = 64,
         history_bytes: int = 64 << 20,
         compiler_cache_peers: int = 200_000,
+        compiler_delta_peers: int = 100_000,
     ) -> None:
         self._store = store
         self._sealer = sealer
@@ -116,6 +121,7 @@ class DesiredState:
         self.inputs: Inputs | None = None
         self.history = History(history, history_bytes)
         self._cache_peers = compiler_cache_peers
+        self._delta_peers = compiler_delta_peers  # above: a change is sent as snapshots, not deltas
         # Owned by the worker threads, under the gate:
         self._gate = _Gate()
         self._compiler: Any = None
@@ -203,7 +209,7 @@ class DesiredState:
             return config_pb2.NodeConfigDelta(from_version=version, to_version=version)
         d = self.history.delta_since(node, version)
         if d is not None:
-            return d.to_message(version, self.version)
+            return None if d.snapshot else d.to_message(version, self.version)
         return await self._delta_from_etcd(node, version)
 
     async def _delta_from_etcd(self, node: str, version: int) -> config_pb2.NodeConfigDelta | None:
@@ -263,7 +269,7 @@ class DesiredState:
         with self._gate.use(update=True):
             try:
                 if self._compiler is None:
-                    compiler = new_compiler(inputs.creds, cache_peers=self._cache_peers)
+                    compiler = new_compiler(inputs.creds, self._cache_peers, self._delta_peers)
                     compiler.update(inputs.spec)
                     self._compiler, out = compiler, None
                 else:
@@ -283,35 +289,22 @@ class DesiredState:
             return out
 
     def _credentials_only(self, inputs: Inputs) -> dict[str, NodeDelta] | None:
-        """A change of only the CA bundle or the revocations (a revoke, a CA rollover step) changes
-        every agent's LocalConfig and no PeerConfig (peers depend on credentials only through the
-        PSKs, whose master never changes at run time).  MeshCompiler.update treats any credentials
-        change as a full recompile: 10^8 peer entries, minutes and tens of GB for 10,000 nodes.  So
-        here the new credentials go into the compiler's model and only LocalConfigs are rebuilt.
-        None: not such a change, or a compiler without that model (then `update` does it all)."""
+        """A change of only the credentials (a revoke, a CA rollover step) with the same spec: the
+        compiler's `update_credentials`, which rebuilds LocalConfigs and no PeerConfig.  None: the
+        spec changed too, or a compiler without that call (then `update` does it all)."""
         good, compiler = self._good, self._compiler
-        model = getattr(compiler, "model", None)
-        if (
-            good is None
-            or model is None
-            or not hasattr(model, "local_config")
-            or good.spec_revision != inputs.spec_revision
-            or good.creds.psk_master != inputs.creds.psk_master
-        ):
+        update_credentials = getattr(compiler, "update_credentials", None)
+        if good is None or update_credentials is None or good.spec_revision != inputs.spec_revision:
             return None
-        creds = compiler_credentials(inputs.creds)
-        compiler.creds = model.creds = creds
-        return {
-            name: NodeDelta(local=model.local_config(name).SerializeToString(deterministic=True))
-            for name in compiler.names()
-        }
+        changed = update_credentials(compiler_credentials(inputs.creds))
+        return {name: _node_delta(compiler, name) for name in sorted(changed)}
 
     def _rebuild(self) -> None:
         """After a compiler failure its state is unknown: rebuild it at the last good inputs."""
         self._compiler = None
         if self._good is not None:
             try:
-                compiler = new_compiler(self._good.creds, cache_peers=self._cache_peers)
+                compiler = new_compiler(self._good.creds, self._cache_peers, self._delta_peers)
                 compiler.update(self._good.spec)
                 self._compiler = compiler
             except Exception:

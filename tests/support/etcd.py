@@ -3,6 +3,8 @@
 Owns only the etcd processes it starts and their temp data dirs; every member is killed and its data
 removed on close, pass or fail.  Members can be stopped and started again on the same ports and data
 (what "etcd restarted under a running controller" needs).  Uses Debian's /usr/bin/etcd (3.4).
+With ``tls=True`` clients must speak TLS and present a certificate of the cluster's own test CA
+(``EtcdCluster.tls``: ca.crt, client.crt/.key), like the Kubernetes chart's etcd.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -41,31 +44,65 @@ class Member:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    tls: EtcdTLS | None = None
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
     @property
+    def client_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
+    @property
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
 
     def healthy(self) -> bool:
+        ctx = None
+        if self.tls is not None:
+            ctx = ssl.create_default_context(cafile=str(self.tls.ca_file))
+            ctx.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=0.5) as r:
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=0.5, context=ctx) as r:
                 return b'"health":"true"' in r.read()
         except OSError:
             return False
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """PEM files of a TLS cluster: its CA, the members' server certificate, a client certificate."""
+
+    ca_file: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @staticmethod
+    def make(directory: Path) -> EtcdTLS:
+        from tests.support.pki import TestCA
+
+        ca = TestCA("meshsec test etcd CA")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "ca.crt").write_bytes(ca.cert_pem)
+        server = ca.issue("etcd", ["localhost"], ["127.0.0.1"]).write(directory, "server")
+        client = ca.issue("meshsec-controller").write(directory, "client")
+        return EtcdTLS(directory / "ca.crt", *server, *client)
+
+
 class EtcdCluster:
     """`size` members (1 or 3) started together; use as a context manager."""
 
-    def __init__(self, size: int = 1) -> None:
+    def __init__(self, size: int = 1, *, tls: bool = False) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="meshsec-etcd-"))
         self._token = f"meshsec-test-{uuid.uuid4().hex[:8]}"
+        self.tls = EtcdTLS.make(self._tmp / "pki") if tls else None
         self.members = [
-            Member(f"m{i}", free_port(), free_port(), self._tmp / f"m{i}", self._tmp / f"m{i}.log")
+            Member(
+                f"m{i}", free_port(), free_port(), self._tmp / f"m{i}", self._tmp / f"m{i}.log", tls=self.tls
+            )
             for i in range(size)
         ]
         self._started_once: set[str] = set()
@@ -82,8 +119,8 @@ class EtcdCluster:
             ETCD,
             f"--name={m.name}",
             f"--data-dir={m.data_dir}",
-            f"--listen-client-urls=http://{m.endpoint}",
-            f"--advertise-client-urls=http://{m.endpoint}",
+            f"--listen-client-urls={m.client_url}",
+            f"--advertise-client-urls={m.client_url}",
             f"--listen-peer-urls={m.peer_url}",
             f"--initial-advertise-peer-urls={m.peer_url}",
             f"--initial-cluster={cluster}",
@@ -93,6 +130,18 @@ class EtcdCluster:
             "--election-timeout=500",
             "--logger=zap",
             "--log-level=warn",
+            *self._tls_args(),
+        ]
+
+    def _tls_args(self) -> list[str]:
+        """Client TLS with client-certificate authentication (peers stay plain on 127.0.0.1)."""
+        if self.tls is None:
+            return []
+        return [
+            f"--cert-file={self.tls.server_cert}",
+            f"--key-file={self.tls.server_key}",
+            f"--trusted-ca-file={self.tls.ca_file}",
+            "--client-cert-auth",
         ]
 
     def start_member(self, i: int) -> None:

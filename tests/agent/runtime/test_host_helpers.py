@@ -45,3 +45,12 @@ def test_load_config_json_and_binary(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"peers": [{"nmae": "x"}]}')
     with pytest.raises(ValueError, match=r"bad\.json: not a NodeConfig"):
         load_config(tmp_path / "bad.json")
+
+
+def test_failure_kind_is_the_notify_name_not_the_exchange() -> None:
+    from meshsec.agent.runtime.host import _failure_kind
+
+    assert _failure_kind("AUTHENTICATION_FAILED: peer identity x is not y") == "AUTHENTICATION_FAILED"
+    assert _failure_kind("IKE_SA_INIT from 198.18.0.1: NO_PROPOSAL_CHOSEN: none") == "NO_PROPOSAL_CHOSEN"
+    assert _failure_kind("half-open SA expired: no IKE_AUTH within 30 s") == "TIMEOUT"
+    assert _failure_kind("something else") == "OTHER"

@@ -24,14 +24,33 @@ class FakeIke:
 
 
 @dataclass
+class FakeCounters:
+    packets_in: int = 0
+    bytes_in: int = 0
+    replay_drops: int = 0
+    icv_failures: int = 0
+    malformed: int = 0
+    policy_drops: int = 0
+
+
+@dataclass
+class FakeSa:
+    counters: FakeCounters = field(default_factory=FakeCounters)
+
+    def poll(self, now: float) -> list[Any]:
+        return []
+
+
+@dataclass
 class FakeDp:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
 
     def set_peer(self, peer: str, ep: tuple[str, int], mtu: int) -> None:
         self.calls.append(("peer", peer, ep))
 
-    def add_inbound_sa(self, params: Any) -> None:
+    def add_inbound_sa(self, params: Any) -> Any:
         self.calls.append(("in+", params.spi))
+        return FakeSa()
 
     def remove_inbound_sa(self, spi: int) -> None:
         self.calls.append(("in-", spi))
@@ -132,6 +151,19 @@ def test_switch_timer_moves_outbound_without_a_delete() -> None:
     loop.run_all()
     assert dp.calls[-1] == ("out", "b/net", 0x201)
     assert s.children[0x100].state == "retiring"
+
+
+def test_first_packet_on_the_new_sa_moves_outbound() -> None:
+    """The peer sending on the rekeyed SA proves it holds both directions of it."""
+    sas, dp, _, sessions = _setup()
+    s, ps = _session(1, sessions), PeerState()
+    sas.install(s, _ev(0x100, 0x200), "net", ps, "198.18.0.1", Lifetime())
+    new = sas.rekeyed(s, ChildSaRekeyed(0x100, 0x200, _ev(0x101, 0x201)), "net", "198.18.0.1", Lifetime())
+    sas.switch_when_used(s)
+    assert dp.calls[-1] == ("in+", 0x101)  # nothing received on it yet
+    new.inbound.counters.packets_in = 1  # type: ignore[union-attr]
+    sas.switch_when_used(s)
+    assert dp.calls[-1] == ("out", "b/net", 0x201)
 
 
 def test_duplicate_sa_takes_over_the_outbound_when_the_owner_goes() -> None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from meshsec.agent.controlplane import DesiredStateCache
 from meshsec.agent.controlplane.renewal import authority_key_id, signing_ca_key_id
@@ -94,6 +97,24 @@ def _cached(agent_dir: Path) -> config_pb2.NodeConfig | None:
 
 def _cas(pem: str | bytes) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(pem.encode() if isinstance(pem, str) else pem)
+
+
+def _server_leaf(*, port: int = 0, path: Path | None = None) -> x509.Certificate:
+    """The certificate a server presents (read without verifying: only its issuer matters here)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    if path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(3)
+        sock.connect(str(path))
+    else:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=3)
+    with sock, ctx.wrap_socket(sock, server_hostname="meshsec-controller") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 @contextlib.contextmanager
@@ -181,6 +202,11 @@ def test_meshctl_ca_rotate_moves_a_real_agent_to_the_new_ca(etcd: EtcdCluster, t
         _until("delta after retirement", lambda: (c := _cached(agent_dir)) and c.version >= v2, 5, agent)
 
         assert "renewal failed" not in agent.log()
+        # every port of the running replica followed the CA without a restart (TCP and unix, each
+        # with its own reloadable credentials): the server certificate now comes from B
+        issuer_b = x509.load_pem_x509_certificate((agent_dir / "node.pem").read_bytes()).issuer
+        assert _server_leaf(port=port).issuer == issuer_b
+        assert _server_leaf(path=state / "c.sock").issuer == issuer_b
 
         # a new connection: the restarted controller presents a B certificate, refuses A certificates
         ctl.stop()
@@ -193,3 +219,21 @@ def test_meshctl_ca_rotate_moves_a_real_agent_to_the_new_ca(etcd: EtcdCluster, t
         _until("delta after reconnect", lambda: (c := _cached(agent_dir)) and c.version >= v3, 5, agent)
         c = _cached(agent_dir)
         assert c is not None and [p.name for p in c.peers] == ["node-b"]
+
+
+def test_serve_flags_for_jobs_and_rollover_timing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshsec.controller.main import build_parser, main
+
+    monkeypatch.delenv("MESHSEC_SINGLETON_JOBS", raising=False)
+    args = build_parser().parse_args(["serve"])
+    assert args.singleton_jobs and args.election_ttl == 10 and args.ca_propagate == 600
+    assert not build_parser().parse_args(["serve", "--no-singleton-jobs"]).singleton_jobs
+    monkeypatch.setenv("MESHSEC_SINGLETON_JOBS", "0")
+    assert not build_parser().parse_args(["serve"]).singleton_jobs
+    for bad in (["--election-ttl", "1"], ["--ca-propagate", "0"], ["--node-cert-hours", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", *bad])
+        assert exc.value.code == 2
+        assert bad[0] in capsys.readouterr().err

@@ -243,7 +243,8 @@ def test_agent_renews_its_certificate_before_expiry(etcd: EtcdCluster, tmp_path:
             try:
                 await c.wait_for(lambda: c.version >= v1, 5)
                 await c.wait_for(lambda: c.renewals >= 1, 5)
-                assert time.monotonic() - enrolled_at >= 1.5  # ~2 s: 2/3 of 3 s from receipt
+                # 2/3 of 2-3 s (notAfter is cut to whole seconds) from receipt, not at once
+                assert time.monotonic() - enrolled_at >= 1.0
                 after = identity_of(a.cert_path.read_bytes())
                 assert c.renewals == 1 and after.fingerprint != before.fingerprint and after.name == "node-a"
                 assert a.key_path.read_bytes() != key_before  # a fresh key pair per renewal

@@ -65,3 +65,18 @@ def test_history_answers_from_since_and_is_bounded() -> None:
     huge = {f"n{i}": NodeDelta(None, {"p0": b"x" * 1000}, frozenset()) for i in range(200)}
     assert not small.append(4, huge)  # alone over budget: not held; agents behind 4 get snapshots
     assert len(small) == 0 and small.since == 4 and small.delta_since("n0", 3) is None
+
+
+def test_a_change_too_large_for_deltas_marks_only_its_nodes_for_snapshots() -> None:
+    """A snapshot marker (the compiler built nothing) wins over any delta composed with it; nodes the
+    change did not touch keep being answered with deltas, so they need no snapshot."""
+    h = History(max_changes=8)
+    h.reset(10)
+    h.append(11, {"a": NodeDelta(None, {"p0": _peer("p0", 1)}), "b": NodeDelta(None, {"p0": _peer("p0", 1)})})
+    h.append(12, {"a": NodeDelta(snapshot=True)})  # e.g. a profile only a's policies use
+    h.append(13, {"a": NodeDelta(None, {"p1": _peer("p1", 2)}), "b": NodeDelta(removes=frozenset({"p3"}))})
+    assert h.delta_since("a", 10).snapshot and h.delta_since("a", 11).snapshot  # type: ignore[union-attr]
+    assert not h.delta_since("a", 12).snapshot  # type: ignore[union-attr]  # after it: deltas again
+    b = h.delta_since("b", 10)
+    assert b is not None and not b.snapshot and set(b.upserts) == {"p0"} and b.removes == {"p3"}
+    assert NodeDelta(snapshot=True) and NodeDelta(snapshot=True).size() == 0

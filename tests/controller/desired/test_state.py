@@ -129,3 +129,55 @@ def test_a_revocation_rebuilds_local_configs_only(etcd: EtcdCluster, tmp_path: P
                 task.cancel()
 
     asyncio.run(asyncio.wait_for(body(), 30))
+
+
+def test_a_change_above_the_delta_budget_sends_snapshots_only_where_it_touches(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    """A profile change priced above the compiler's delta budget builds nothing at update time: the
+    nodes whose policies use the profile are answered with a snapshot (built on demand, equal to a
+    full compile), the others with an empty delta."""
+    from meshsec.controller.desired import compile_configs
+
+    base = h.mesh_yaml({"node-a": 1, "node-b": 2, "node-c": 3, "node-d": 4})
+    extra = (
+        "  - {name: ab, topology: pairs, pairs: [[node-a, node-b]], profile: slow}\n"
+        "profiles:\n  - name: slow\n    dpd: {interval: 30s, timeout: 150s}\n"
+    )
+
+    async def body() -> None:
+        await h.init_state(tmp_path, etcd.endpoints)
+        async with Store(etcd.endpoints) as store:
+            state = DesiredState(store, Sealer(load_kek(tmp_path / "kek")), compiler_delta_peers=0)
+            task = asyncio.create_task(state.run())
+            try:
+                await asyncio.wait_for(state.ready.wait(), 5)
+                spec = load_spec(base + extra, "mesh.yaml")
+                v1 = await store.put(Keys.SPEC, spec.SerializeToString(deterministic=True))
+                await asyncio.wait_for(state.wait_revision(v1, 5), 6)
+                built = state._compiler.peers_compiled
+                spec2 = load_spec(base + extra.replace("interval: 30s", "interval: 40s"), "mesh.yaml")
+                v2 = await store.put(Keys.SPEC, spec2.SerializeToString(deterministic=True))
+                await asyncio.wait_for(state.wait_revision(v2, 5), 6)
+                assert state.version == v2 and state.history.covers(v1)
+                assert state._compiler.peers_compiled == built  # nothing built by the update
+                assert await state.delta_since("node-a", v1) is None  # a snapshot
+                assert await state.delta_since("node-b", v1) is None
+                for node in ("node-c", "node-d"):  # not in the pair policy: nothing to send
+                    d = await state.delta_since(node, v1)
+                    assert (
+                        d is not None
+                        and d.to_version == v2
+                        and not d.upsert_peers
+                        and not d.HasField("local")
+                    )
+                full = compile_configs(spec2, state.inputs.creds)  # type: ignore[union-attr]
+                snap = await state.snapshot("node-a")
+                snap.version = 0
+                assert snap == full["node-a"]
+                assert [c.name for c in snap.peers[0].children] == ["ab", "all"]
+                assert snap.peers[0].ike.dpd_interval_seconds == 40
+            finally:
+                task.cancel()
+
+    asyncio.run(asyncio.wait_for(body(), 30))

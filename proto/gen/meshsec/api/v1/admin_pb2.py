@@ -27,7 +27,7 @@ from meshsec.api.v1 import spec_pb2 as meshsec_dot_v1_dot_spec__pb2
 from meshsec.api.v1 import status_pb2 as meshsec_dot_v1_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshsec/v1/admin.proto\x12\nmeshsec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15meshsec/v1/spec.proto\x1a\x17meshsec/v1/status.proto\"D\n\x0c\x41pplyRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"F\n\tSpecError\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x83\x01\n\x08NodePlan\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0bpeers_added\x18\x02 \x03(\t\x12\x15\n\rpeers_changed\x18\x03 \x03(\t\x12\x15\n\rpeers_removed\x18\x04 \x03(\t\x12\x11\n\tsas_added\x18\x05 \x03(\t\x12\x13\n\x0bsas_removed\x18\x06 \x03(\t\"k\n\rApplyResponse\x12%\n\x06\x65rrors\x18\x01 \x03(\x0b\x32\x15.meshsec.v1.SpecError\x12\"\n\x04plan\x18\x02 \x03(\x0b\x32\x14.meshsec.v1.NodePlan\x12\x0f\n\x07version\x18\x03 \x01(\x03\"\x10\n\x0eGetSpecRequest\"F\n\x0fGetSpecResponse\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.meshsec.v1.MeshSpec\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x12\n\x10ListNodesRequest\"\xa4\x01\n\x08NodeView\x12\x1e\n\x04node\x18\x01 \x01(\x0b\x32\x10.meshsec.v1.Node\x12\x18\n\x10\x63\x65rt_fingerprint\x18\x02 \x01(\t\x12\x32\n\x0e\x63\x65rt_not_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x17\n\x0f\x61pplied_version\x18\x05 \x01(\x03\"8\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.meshsec.v1.NodeView\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"!\n\x11\x44\x65leteNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x12\x44\x65leteNodeResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\" \n\x10GetStatusRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\":\n\x11GetStatusResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.meshsec.v1.NodeStatus\"7\n\x12\x43reateTokenRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\"l\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63\x61_cert_sha256\x18\x03 \x01(\t\"+\n\x12WatchEventsRequest\x12\x15\n\rsince_version\x18\x01 \x01(\x03\"\xc6\x01\n\x05\x45vent\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cspec_changed\x18\x03 \x01(\x0b\x32\x17.meshsec.v1.SpecChangedH\x00\x12\x30\n\x0estatus_changed\x18\x04 \x01(\x0b\x32\x16.meshsec.v1.NodeStatusH\x00\x12\x16\n\x0cnode_deleted\x18\x05 \x01(\tH\x00\x42\x07\n\x05\x65vent\"1\n\x0bSpecChanged\x12\"\n\x04plan\x18\x01 \x03(\x0b\x32\x14.meshsec.v1.NodePlan\"!\n\x11RevokeNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12RevokeNodeResponse\x12\x14\n\x0c\x66ingerprints\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x11\n\x0fRotateCARequest\"I\n\x10RotateCAResponse\x12\x0f\n\x07started\x18\x01 \x01(\x08\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.meshsec.v1.CAStatus\"\x0e\n\x0cGetCARequest\"p\n\rCACertificate\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07signing\x18\x04 \x01(\x08\"\xb4\x01\n\x08\x43\x41Status\x12\r\n\x05phase\x18\x01 \x01(\t\x12/\n\x0bphase_since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cnext_step_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03\x63\x61s\x18\x04 \x03(\x0b\x32\x19.meshsec.v1.CACertificate\x12\x0e\n\x06reason\x18\x05 \x01(\t2\x8b\x06\n\x0c\x41\x64minService\x12<\n\x05\x41pply\x12\x18.meshsec.v1.ApplyRequest\x1a\x19.meshsec.v1.ApplyResponse\x12\x42\n\x07GetSpec\x12\x1a.meshsec.v1.GetSpecRequest\x1a\x1b.meshsec.v1.GetSpecResponse\x12H\n\tListNodes\x12\x1c.meshsec.v1.ListNodesRequest\x1a\x1d.meshsec.v1.ListNodesResponse\x12\x37\n\x07GetNode\x12\x1a.meshsec.v1.GetNodeRequest\x1a\x10.meshsec.v1.Node\x12K\n\nDeleteNode\x12\x1d.meshsec.v1.DeleteNodeRequest\x1a\x1e.meshsec.v1.DeleteNodeResponse\x12H\n\tGetStatus\x12\x1c.meshsec.v1.GetStatusRequest\x1a\x1d.meshsec.v1.GetStatusResponse\x12N\n\x0b\x43reateToken\x12\x1e.meshsec.v1.CreateTokenRequest\x1a\x1f.meshsec.v1.CreateTokenResponse\x12\x42\n\x0bWatchEvents\x12\x1e.meshsec.v1.WatchEventsRequest\x1a\x11.meshsec.v1.Event0\x01\x12K\n\nRevokeNode\x12\x1d.meshsec.v1.RevokeNodeRequest\x1a\x1e.meshsec.v1.RevokeNodeResponse\x12\x45\n\x08RotateCA\x12\x1b.meshsec.v1.RotateCARequest\x1a\x1c.meshsec.v1.RotateCAResponse\x12\x37\n\x05GetCA\x12\x18.meshsec.v1.GetCARequest\x1a\x14.meshsec.v1.CAStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshsec/v1/admin.proto\x12\nmeshsec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15meshsec/v1/spec.proto\x1a\x17meshsec/v1/status.proto\"D\n\x0c\x41pplyRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"F\n\tSpecError\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x83\x01\n\x08NodePlan\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0bpeers_added\x18\x02 \x03(\t\x12\x15\n\rpeers_changed\x18\x03 \x03(\t\x12\x15\n\rpeers_removed\x18\x04 \x03(\t\x12\x11\n\tsas_added\x18\x05 \x03(\t\x12\x13\n\x0bsas_removed\x18\x06 \x03(\t\"k\n\rApplyResponse\x12%\n\x06\x65rrors\x18\x01 \x03(\x0b\x32\x15.meshsec.v1.SpecError\x12\"\n\x04plan\x18\x02 \x03(\x0b\x32\x14.meshsec.v1.NodePlan\x12\x0f\n\x07version\x18\x03 \x01(\x03\"\x10\n\x0eGetSpecRequest\"F\n\x0fGetSpecResponse\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.meshsec.v1.MeshSpec\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x12\n\x10ListNodesRequest\"\xa4\x01\n\x08NodeView\x12\x1e\n\x04node\x18\x01 \x01(\x0b\x32\x10.meshsec.v1.Node\x12\x18\n\x10\x63\x65rt_fingerprint\x18\x02 \x01(\t\x12\x32\n\x0e\x63\x65rt_not_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x17\n\x0f\x61pplied_version\x18\x05 \x01(\x03\"8\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.meshsec.v1.NodeView\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"!\n\x11\x44\x65leteNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x12\x44\x65leteNodeResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\" \n\x10GetStatusRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\":\n\x11GetStatusResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.meshsec.v1.NodeStatus\"E\n\x12\x43reateTokenRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x12\x0c\n\x04uses\x18\x03 \x01(\r\"l\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63\x61_cert_sha256\x18\x03 \x01(\t\"+\n\x12WatchEventsRequest\x12\x15\n\rsince_version\x18\x01 \x01(\x03\"\xc6\x01\n\x05\x45vent\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cspec_changed\x18\x03 \x01(\x0b\x32\x17.meshsec.v1.SpecChangedH\x00\x12\x30\n\x0estatus_changed\x18\x04 \x01(\x0b\x32\x16.meshsec.v1.NodeStatusH\x00\x12\x16\n\x0cnode_deleted\x18\x05 \x01(\tH\x00\x42\x07\n\x05\x65vent\"1\n\x0bSpecChanged\x12\"\n\x04plan\x18\x01 \x03(\x0b\x32\x14.meshsec.v1.NodePlan\"!\n\x11RevokeNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12RevokeNodeResponse\x12\x14\n\x0c\x66ingerprints\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x11\n\x0fRotateCARequest\"I\n\x10RotateCAResponse\x12\x0f\n\x07started\x18\x01 \x01(\x08\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.meshsec.v1.CAStatus\"\x0e\n\x0cGetCARequest\"p\n\rCACertificate\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07signing\x18\x04 \x01(\x08\"\xb4\x01\n\x08\x43\x41Status\x12\r\n\x05phase\x18\x01 \x01(\t\x12/\n\x0bphase_since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cnext_step_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03\x63\x61s\x18\x04 \x03(\x0b\x32\x19.meshsec.v1.CACertificate\x12\x0e\n\x06reason\x18\x05 \x01(\t2\x8b\x06\n\x0c\x41\x64minService\x12<\n\x05\x41pply\x12\x18.meshsec.v1.ApplyRequest\x1a\x19.meshsec.v1.ApplyResponse\x12\x42\n\x07GetSpec\x12\x1a.meshsec.v1.GetSpecRequest\x1a\x1b.meshsec.v1.GetSpecResponse\x12H\n\tListNodes\x12\x1c.meshsec.v1.ListNodesRequest\x1a\x1d.meshsec.v1.ListNodesResponse\x12\x37\n\x07GetNode\x12\x1a.meshsec.v1.GetNodeRequest\x1a\x10.meshsec.v1.Node\x12K\n\nDeleteNode\x12\x1d.meshsec.v1.DeleteNodeRequest\x1a\x1e.meshsec.v1.DeleteNodeResponse\x12H\n\tGetStatus\x12\x1c.meshsec.v1.GetStatusRequest\x1a\x1d.meshsec.v1.GetStatusResponse\x12N\n\x0b\x43reateToken\x12\x1e.meshsec.v1.CreateTokenRequest\x1a\x1f.meshsec.v1.CreateTokenResponse\x12\x42\n\x0bWatchEvents\x12\x1e.meshsec.v1.WatchEventsRequest\x1a\x11.meshsec.v1.Event0\x01\x12K\n\nRevokeNode\x12\x1d.meshsec.v1.RevokeNodeRequest\x1a\x1e.meshsec.v1.RevokeNodeResponse\x12\x45\n\x08RotateCA\x12\x1b.meshsec.v1.RotateCARequest\x1a\x1c.meshsec.v1.RotateCAResponse\x12\x37\n\x05GetCA\x12\x18.meshsec.v1.GetCARequest\x1a\x14.meshsec.v1.CAStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,29 +63,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSRESPONSE']._serialized_start=979
   _globals['_GETSTATUSRESPONSE']._serialized_end=1037
   _globals['_CREATETOKENREQUEST']._serialized_start=1039
-  _globals['_CREATETOKENREQUEST']._serialized_end=1094
-  _globals['_CREATETOKENRESPONSE']._serialized_start=1096
-  _globals['_CREATETOKENRESPONSE']._serialized_end=1204
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1206
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1249
-  _globals['_EVENT']._serialized_start=1252
-  _globals['_EVENT']._serialized_end=1450
-  _globals['_SPECCHANGED']._serialized_start=1452
-  _globals['_SPECCHANGED']._serialized_end=1501
-  _globals['_REVOKENODEREQUEST']._serialized_start=1503
-  _globals['_REVOKENODEREQUEST']._serialized_end=1536
-  _globals['_REVOKENODERESPONSE']._serialized_start=1538
-  _globals['_REVOKENODERESPONSE']._serialized_end=1597
-  _globals['_ROTATECAREQUEST']._serialized_start=1599
-  _globals['_ROTATECAREQUEST']._serialized_end=1616
-  _globals['_ROTATECARESPONSE']._serialized_start=1618
-  _globals['_ROTATECARESPONSE']._serialized_end=1691
-  _globals['_GETCAREQUEST']._serialized_start=1693
-  _globals['_GETCAREQUEST']._serialized_end=1707
-  _globals['_CACERTIFICATE']._serialized_start=1709
-  _globals['_CACERTIFICATE']._serialized_end=1821
-  _globals['_CASTATUS']._serialized_start=1824
-  _globals['_CASTATUS']._serialized_end=2004
-  _globals['_ADMINSERVICE']._serialized_start=2007
-  _globals['_ADMINSERVICE']._serialized_end=2786
+  _globals['_CREATETOKENREQUEST']._serialized_end=1108
+  _globals['_CREATETOKENRESPONSE']._serialized_start=1110
+  _globals['_CREATETOKENRESPONSE']._serialized_end=1218
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1220
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1263
+  _globals['_EVENT']._serialized_start=1266
+  _globals['_EVENT']._serialized_end=1464
+  _globals['_SPECCHANGED']._serialized_start=1466
+  _globals['_SPECCHANGED']._serialized_end=1515
+  _globals['_REVOKENODEREQUEST']._serialized_start=1517
+  _globals['_REVOKENODEREQUEST']._serialized_end=1550
+  _globals['_REVOKENODERESPONSE']._serialized_start=1552
+  _globals['_REVOKENODERESPONSE']._serialized_end=1611
+  _globals['_ROTATECAREQUEST']._serialized_start=1613
+  _globals['_ROTATECAREQUEST']._serialized_end=1630
+  _globals['_ROTATECARESPONSE']._serialized_start=1632
+  _globals['_ROTATECARESPONSE']._serialized_end=1705
+  _globals['_GETCAREQUEST']._serialized_start=1707
+  _globals['_GETCAREQUEST']._serialized_end=1721
+  _globals['_CACERTIFICATE']._serialized_start=1723
+  _globals['_CACERTIFICATE']._serialized_end=1835
+  _globals['_CASTATUS']._serialized_start=1838
+  _globals['_CASTATUS']._serialized_end=2018
+  _globals['_ADMINSERVICE']._serialized_start=2021
+  _globals['_ADMINSERVICE']._serialized_end=2800
 # @@protoc_insertion_point(module_scope)

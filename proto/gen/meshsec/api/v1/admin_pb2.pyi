@@ -126,12 +126,14 @@ class GetStatusResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[_status_pb2.NodeStatus, _Mapping]]] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("node", "ttl_seconds")
+    __slots__ = ("node", "ttl_seconds", "uses")
     NODE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
     node: str
     ttl_seconds: int
-    def __init__(self, node: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    uses: int
+    def __init__(self, node: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., uses: _Optional[int] = ...) -> None: ...
 
 class CreateTokenResponse(_message.Message):
     __slots__ = ("token", "expires_at", "ca_cert_sha256")

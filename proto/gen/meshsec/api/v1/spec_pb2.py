@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15meshsec/v1/spec.proto\x12\nmeshsec.v1\"\xac\x02\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.meshsec.v1.NodeKind\x12\x11\n\tendpoints\x18\x03 \x03(\t\x12\x0f\n\x07subnets\x18\x04 \x03(\t\x12,\n\x06labels\x18\x05 \x03(\x0b\x32\x1c.meshsec.v1.Node.LabelsEntry\x12\x0c\n\x04site\x18\x06 \x01(\t\x12\x10\n\x08identity\x18\x07 \x01(\t\x12\x12\n\nbehind_nat\x18\x08 \x01(\x08\x12$\n\x04\x61uth\x18\t \x01(\x0e\x32\x16.meshsec.v1.AuthMethod\x12\x17\n\x0f\x65xternal_ca_pem\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x04Site\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07subnets\x18\x02 \x03(\t\x12,\n\x06labels\x18\x03 \x03(\x0b\x32\x1c.meshsec.v1.Site.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\x08Lifetime\x12\x15\n\rrekey_seconds\x18\x01 \x01(\r\x12\x14\n\x0clife_seconds\x18\x02 \x01(\r\x12\x16\n\x0ejitter_seconds\x18\x03 \x01(\r\x12\x13\n\x0brekey_bytes\x18\x04 \x01(\x04\x12\x12\n\nlife_bytes\x18\x05 \x01(\x04\x12\x15\n\rrekey_packets\x18\x06 \x01(\x04\x12\x14\n\x0clife_packets\x18\x07 \x01(\x04\"\x80\x02\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rike_proposals\x18\x02 \x03(\t\x12\x15\n\resp_proposals\x18\x03 \x03(\t\x12*\n\x0cike_lifetime\x18\x04 \x01(\x0b\x32\x14.meshsec.v1.Lifetime\x12,\n\x0e\x63hild_lifetime\x18\x05 \x01(\x0b\x32\x14.meshsec.v1.Lifetime\x12\x1c\n\x14\x64pd_interval_seconds\x18\x06 \x01(\r\x12\x1b\n\x13\x64pd_timeout_seconds\x18\x07 \x01(\r\x12$\n\x04\x61uth\x18\x08 \x01(\x0e\x32\x16.meshsec.v1.AuthMethod\"\x96\x01\n\x08Selector\x12\r\n\x05nodes\x18\x01 \x03(\t\x12\r\n\x05sites\x18\x02 \x03(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .meshsec.v1.Selector.LabelsEntry\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x08NodePair\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\"\xfd\x01\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x08topology\x18\x02 \x01(\x0e\x32\x14.meshsec.v1.Topology\x12%\n\x07members\x18\x03 \x01(\x0b\x32\x14.meshsec.v1.Selector\x12\"\n\x04hubs\x18\x04 \x01(\x0b\x32\x14.meshsec.v1.Selector\x12#\n\x05pairs\x18\x05 \x03(\x0b\x32\x14.meshsec.v1.NodePair\x12\x1e\n\x04mode\x18\x06 \x01(\x0e\x32\x10.meshsec.v1.Mode\x12\x0f\n\x07profile\x18\x07 \x01(\t\x12\x1c\n\x14include_site_subnets\x18\x08 \x01(\x08\"\x99\x01\n\x08MeshSpec\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.meshsec.v1.Node\x12\x1f\n\x05sites\x18\x02 \x03(\x0b\x32\x10.meshsec.v1.Site\x12%\n\x08profiles\x18\x03 \x03(\x0b\x32\x13.meshsec.v1.Profile\x12$\n\x08policies\x18\x04 \x03(\x0b\x32\x12.meshsec.v1.Policy*R\n\x08NodeKind\x12\x19\n\x15NODE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fNODE_KIND_AGENT\x10\x01\x12\x16\n\x12NODE_KIND_EXTERNAL\x10\x02*[\n\nAuthMethod\x12\x1b\n\x17\x41UTH_METHOD_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UTH_METHOD_CERTIFICATE\x10\x01\x12\x13\n\x0f\x41UTH_METHOD_PSK\x10\x02*A\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_TUNNEL\x10\x01\x12\x12\n\x0eMODE_TRANSPORT\x10\x02*l\n\x08Topology\x12\x18\n\x14TOPOLOGY_UNSPECIFIED\x10\x00\x12\x16\n\x12TOPOLOGY_FULL_MESH\x10\x01\x12\x1a\n\x16TOPOLOGY_HUB_AND_SPOKE\x10\x02\x12\x12\n\x0eTOPOLOGY_PAIRS\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15meshsec/v1/spec.proto\x12\nmeshsec.v1\"\xce\x02\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.meshsec.v1.NodeKind\x12\x11\n\tendpoints\x18\x03 \x03(\t\x12\x0f\n\x07subnets\x18\x04 \x03(\t\x12,\n\x06labels\x18\x05 \x03(\x0b\x32\x1c.meshsec.v1.Node.LabelsEntry\x12\x0c\n\x04site\x18\x06 \x01(\t\x12\x10\n\x08identity\x18\x07 \x01(\t\x12\x12\n\nbehind_nat\x18\x08 \x01(\x08\x12$\n\x04\x61uth\x18\t \x01(\x0e\x32\x16.meshsec.v1.AuthMethod\x12\x17\n\x0f\x65xternal_ca_pem\x18\n \x01(\t\x12 \n\x18\x61\x63\x63\x65pt_announced_subnets\x18\x0b \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x04Site\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07subnets\x18\x02 \x03(\t\x12,\n\x06labels\x18\x03 \x03(\x0b\x32\x1c.meshsec.v1.Site.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\x08Lifetime\x12\x15\n\rrekey_seconds\x18\x01 \x01(\r\x12\x14\n\x0clife_seconds\x18\x02 \x01(\r\x12\x16\n\x0ejitter_seconds\x18\x03 \x01(\r\x12\x13\n\x0brekey_bytes\x18\x04 \x01(\x04\x12\x12\n\nlife_bytes\x18\x05 \x01(\x04\x12\x15\n\rrekey_packets\x18\x06 \x01(\x04\x12\x14\n\x0clife_packets\x18\x07 \x01(\x04\"\x80\x02\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rike_proposals\x18\x02 \x03(\t\x12\x15\n\resp_proposals\x18\x03 \x03(\t\x12*\n\x0cike_lifetime\x18\x04 \x01(\x0b\x32\x14.meshsec.v1.Lifetime\x12,\n\x0e\x63hild_lifetime\x18\x05 \x01(\x0b\x32\x14.meshsec.v1.Lifetime\x12\x1c\n\x14\x64pd_interval_seconds\x18\x06 \x01(\r\x12\x1b\n\x13\x64pd_timeout_seconds\x18\x07 \x01(\r\x12$\n\x04\x61uth\x18\x08 \x01(\x0e\x32\x16.meshsec.v1.AuthMethod\"\x96\x01\n\x08Selector\x12\r\n\x05nodes\x18\x01 \x03(\t\x12\r\n\x05sites\x18\x02 \x03(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .meshsec.v1.Selector.LabelsEntry\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x08NodePair\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\"\xfd\x01\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x08topology\x18\x02 \x01(\x0e\x32\x14.meshsec.v1.Topology\x12%\n\x07members\x18\x03 \x01(\x0b\x32\x14.meshsec.v1.Selector\x12\"\n\x04hubs\x18\x04 \x01(\x0b\x32\x14.meshsec.v1.Selector\x12#\n\x05pairs\x18\x05 \x03(\x0b\x32\x14.meshsec.v1.NodePair\x12\x1e\n\x04mode\x18\x06 \x01(\x0e\x32\x10.meshsec.v1.Mode\x12\x0f\n\x07profile\x18\x07 \x01(\t\x12\x1c\n\x14include_site_subnets\x18\x08 \x01(\x08\"\x99\x01\n\x08MeshSpec\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.meshsec.v1.Node\x12\x1f\n\x05sites\x18\x02 \x03(\x0b\x32\x10.meshsec.v1.Site\x12%\n\x08profiles\x18\x03 \x03(\x0b\x32\x13.meshsec.v1.Profile\x12$\n\x08policies\x18\x04 \x03(\x0b\x32\x12.meshsec.v1.Policy*R\n\x08NodeKind\x12\x19\n\x15NODE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fNODE_KIND_AGENT\x10\x01\x12\x16\n\x12NODE_KIND_EXTERNAL\x10\x02*[\n\nAuthMethod\x12\x1b\n\x17\x41UTH_METHOD_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UTH_METHOD_CERTIFICATE\x10\x01\x12\x13\n\x0f\x41UTH_METHOD_PSK\x10\x02*A\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_TUNNEL\x10\x01\x12\x12\n\x0eMODE_TRANSPORT\x10\x02*l\n\x08Topology\x12\x18\n\x14TOPOLOGY_UNSPECIFIED\x10\x00\x12\x16\n\x12TOPOLOGY_FULL_MESH\x10\x01\x12\x1a\n\x16TOPOLOGY_HUB_AND_SPOKE\x10\x02\x12\x12\n\x0eTOPOLOGY_PAIRS\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,34 +37,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SITE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SELECTOR_LABELSENTRY']._loaded_options = None
   _globals['_SELECTOR_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_NODEKIND']._serialized_start=1499
-  _globals['_NODEKIND']._serialized_end=1581
-  _globals['_AUTHMETHOD']._serialized_start=1583
-  _globals['_AUTHMETHOD']._serialized_end=1674
-  _globals['_MODE']._serialized_start=1676
-  _globals['_MODE']._serialized_end=1741
-  _globals['_TOPOLOGY']._serialized_start=1743
-  _globals['_TOPOLOGY']._serialized_end=1851
+  _globals['_NODEKIND']._serialized_start=1533
+  _globals['_NODEKIND']._serialized_end=1615
+  _globals['_AUTHMETHOD']._serialized_start=1617
+  _globals['_AUTHMETHOD']._serialized_end=1708
+  _globals['_MODE']._serialized_start=1710
+  _globals['_MODE']._serialized_end=1775
+  _globals['_TOPOLOGY']._serialized_start=1777
+  _globals['_TOPOLOGY']._serialized_end=1885
   _globals['_NODE']._serialized_start=38
-  _globals['_NODE']._serialized_end=338
-  _globals['_NODE_LABELSENTRY']._serialized_start=293
-  _globals['_NODE_LABELSENTRY']._serialized_end=338
-  _globals['_SITE']._serialized_start=341
-  _globals['_SITE']._serialized_end=471
-  _globals['_SITE_LABELSENTRY']._serialized_start=293
-  _globals['_SITE_LABELSENTRY']._serialized_end=338
-  _globals['_LIFETIME']._serialized_start=474
-  _globals['_LIFETIME']._serialized_end=639
-  _globals['_PROFILE']._serialized_start=642
-  _globals['_PROFILE']._serialized_end=898
-  _globals['_SELECTOR']._serialized_start=901
-  _globals['_SELECTOR']._serialized_end=1051
-  _globals['_SELECTOR_LABELSENTRY']._serialized_start=293
-  _globals['_SELECTOR_LABELSENTRY']._serialized_end=338
-  _globals['_NODEPAIR']._serialized_start=1053
-  _globals['_NODEPAIR']._serialized_end=1085
-  _globals['_POLICY']._serialized_start=1088
-  _globals['_POLICY']._serialized_end=1341
-  _globals['_MESHSPEC']._serialized_start=1344
-  _globals['_MESHSPEC']._serialized_end=1497
+  _globals['_NODE']._serialized_end=372
+  _globals['_NODE_LABELSENTRY']._serialized_start=327
+  _globals['_NODE_LABELSENTRY']._serialized_end=372
+  _globals['_SITE']._serialized_start=375
+  _globals['_SITE']._serialized_end=505
+  _globals['_SITE_LABELSENTRY']._serialized_start=327
+  _globals['_SITE_LABELSENTRY']._serialized_end=372
+  _globals['_LIFETIME']._serialized_start=508
+  _globals['_LIFETIME']._serialized_end=673
+  _globals['_PROFILE']._serialized_start=676
+  _globals['_PROFILE']._serialized_end=932
+  _globals['_SELECTOR']._serialized_start=935
+  _globals['_SELECTOR']._serialized_end=1085
+  _globals['_SELECTOR_LABELSENTRY']._serialized_start=327
+  _globals['_SELECTOR_LABELSENTRY']._serialized_end=372
+  _globals['_NODEPAIR']._serialized_start=1087
+  _globals['_NODEPAIR']._serialized_end=1119
+  _globals['_POLICY']._serialized_start=1122
+  _globals['_POLICY']._serialized_end=1375
+  _globals['_MESHSPEC']._serialized_start=1378
+  _globals['_MESHSPEC']._serialized_end=1531
 # @@protoc_insertion_point(module_scope)

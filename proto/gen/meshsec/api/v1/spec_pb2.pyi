@@ -46,7 +46,7 @@ TOPOLOGY_HUB_AND_SPOKE: Topology
 TOPOLOGY_PAIRS: Topology
 
 class Node(_message.Message):
-    __slots__ = ("name", "kind", "endpoints", "subnets", "labels", "site", "identity", "behind_nat", "auth", "external_ca_pem")
+    __slots__ = ("name", "kind", "endpoints", "subnets", "labels", "site", "identity", "behind_nat", "auth", "external_ca_pem", "accept_announced_subnets")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class Node(_message.Message):
     BEHIND_NAT_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_ANNOUNCED_SUBNETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: NodeKind
     endpoints: _containers.RepeatedScalarFieldContainer[str]
@@ -74,7 +75,8 @@ class Node(_message.Message):
     behind_nat: bool
     auth: AuthMethod
     external_ca_pem: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[NodeKind, str]] = ..., endpoints: _Optional[_Iterable[str]] = ..., subnets: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., site: _Optional[str] = ..., identity: _Optional[str] = ..., behind_nat: _Optional[bool] = ..., auth: _Optional[_Union[AuthMethod, str]] = ..., external_ca_pem: _Optional[str] = ...) -> None: ...
+    accept_announced_subnets: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[NodeKind, str]] = ..., endpoints: _Optional[_Iterable[str]] = ..., subnets: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., site: _Optional[str] = ..., identity: _Optional[str] = ..., behind_nat: _Optional[bool] = ..., auth: _Optional[_Union[AuthMethod, str]] = ..., external_ca_pem: _Optional[str] = ..., accept_announced_subnets: _Optional[bool] = ...) -> None: ...
 
 class Site(_message.Message):
     __slots__ = ("name", "subnets", "labels")

@@ -110,7 +110,7 @@ class PeerStatus(_message.Message):
     def __init__(self, peer: _Optional[str] = ..., ike_state: _Optional[_Union[IkeSaState, str]] = ..., remote_endpoint: _Optional[str] = ..., ike_transform: _Optional[str] = ..., established_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., children: _Optional[_Iterable[_Union[ChildSaStatus, _Mapping]]] = ..., dpd_rtt_us: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nat_detected: _Optional[bool] = ..., rekeys: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "applied_version", "reported_at", "agent_version", "peers", "counters", "errors", "connected")
+    __slots__ = ("node", "applied_version", "reported_at", "agent_version", "peers", "counters", "errors", "connected", "announced_subnets")
     NODE_FIELD_NUMBER: _ClassVar[int]
     APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class NodeStatus(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCED_SUBNETS_FIELD_NUMBER: _ClassVar[int]
     node: str
     applied_version: int
     reported_at: _timestamp_pb2.Timestamp
@@ -127,4 +128,5 @@ class NodeStatus(_message.Message):
     counters: Counters
     errors: _containers.RepeatedScalarFieldContainer[str]
     connected: bool
-    def __init__(self, node: _Optional[str] = ..., applied_version: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., errors: _Optional[_Iterable[str]] = ..., connected: _Optional[bool] = ...) -> None: ...
+    announced_subnets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[str] = ..., applied_version: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., errors: _Optional[_Iterable[str]] = ..., connected: _Optional[bool] = ..., announced_subnets: _Optional[_Iterable[str]] = ...) -> None: ...
