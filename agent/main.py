@@ -1,8 +1,9 @@
 """`meshsec-agent`: enroll once, then keep this host's desired state from the controller (fail static).
 
 Owns the command line and process setup.  For now it runs the control-plane client with a pluggable
-reconciler (default: record and report); the IKE/ESP data plane plugs in here later.  Tokens and keys
-are never logged.
+reconciler (default: record and report); the IKE/ESP data plane plugs in here later, and gets the host
+settings (host_options.py) its factory asks for.  In a Kubernetes pod it can announce the node's
+podCIDRs (k8s.py).  Tokens and keys are never logged.
 
 Exit codes: 0 stopped by signal, 1 enrollment refused or bad configuration, 2 usage error.
 """
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token",
         default=env("MESHSEC_TOKEN", ""),
-        help="one-time bootstrap token, needed only to enroll (env MESHSEC_TOKEN)",
+        help="bootstrap token, needed only to enroll (env MESHSEC_TOKEN)",
     )
     p.add_argument(
         "--token-file",

@@ -2,7 +2,9 @@
 
 Compile part (in this process): mesh.yaml validation time, index build time and memory, the time to
 materialize NodeConfigs (all of them for 1,000 nodes; a sample, extrapolated, for 10,000, where the
-whole mesh is 10^8 PeerConfigs), the time and work of a one-node change, and peak RSS.  Ratios are
+whole mesh is 10^8 PeerConfigs), the time and work of a one-node change, the agent's apply_delta
+(vs. rebuilding and sorting the peers), a fleet-wide profile change (priced from the indexes, nothing
+built; vs. the CPU exact deltas need), a credentials-only change, and peak RSS.  Ratios are
 against a reference measured in the same run: building each PeerConfig through the protobuf API
 (the straightforward way) instead of from cached canonical fragments, and recompiling the whole fleet
 instead of the nodes a change touches.  Times are CPU seconds (the 2-core machine is shared).
@@ -14,7 +16,8 @@ controller's start-up and memory (vs. holding every NodeConfig, as the previous 
 of one snapshot, and, for `--changes` one-node changes (a node's subnet; the etcd write is the
 clock's start), the time until the LAST connected agent has the delta: p50 and p99 over the changes
 (with 10 changes p99 is the worst one), plus per-(agent, change) percentiles, CPU per change and a
-certificate revocation.  Reference: materializing every affected config per change (the previous
+certificate revocation, and up to --fleet-upto nodes a fleet-wide profile change until the last
+agent has its snapshot.  Reference: materializing every affected config per change (the previous
 design), from the compile part of the same run.  Every delivery is checked: a delta carrying exactly
 the changed peer.  Up to --snapshot-upto nodes agents start with a snapshot; above, they resume from
 the spec's version as agents restarting with a cached desired state do (1,000 snapshots of 2.6 MB
@@ -382,7 +385,7 @@ def scrape(port: int) -> dict[str, float]:
 
 
 async def fanout(
-    n: int, agents: int, changes: int, snapshots: bool, ref: dict[str, float], work: Path
+    n: int, agents: int, changes: int, snapshots: bool, ref: dict[str, float], work: Path, fleet: bool = False
 ) -> None:
     from tests.controller.harness import Proc, init_state
     from tests.support.etcd import EtcdCluster, free_port
@@ -447,13 +450,15 @@ async def fanout(
                 await asyncio.sleep(6.0)  # past one heartbeat: sent snapshots are no longer referenced
                 rss_settled = proc_status(ctl.popen.pid, "VmRSS")
 
-                async def timed(key: str, value: bytes, want: tuple[str, ...] | None, target: str) -> float:
+                async def timed(
+                    key: str, value: bytes, want: tuple[str, ...] | None, target: str, kind_want: int = 3
+                ) -> float:
                     """Write, wait for every agent's delivery; per-agent latencies into the lists."""
                     nonlocal wrong
                     c0, a0 = proc_cpu(ctl.popen.pid), time.process_time()
                     t0 = time.monotonic()
                     version = await store.put(key, value)
-                    deadline = t0 + 60
+                    deadline = t0 + (60 if kind_want == 3 else 600)
                     while not all(s.delivered(version) for s in sims) and time.monotonic() < deadline:
                         await asyncio.sleep(0.01)
                     times = []
@@ -462,7 +467,7 @@ async def fanout(
                         assert got is not None, f"{s.name} never got version {version}"
                         t_recv, kind, upserts = got
                         times.append(t_recv - t0)
-                        if kind != 3 or (s.name != target and upserts != want):
+                        if kind != kind_want or (kind == 3 and s.name != target and upserts != want):
                             wrong += 1  # every agent gets a delta; all but the target only `want`
                     per_agent.extend(times)
                     cpu_ctl.append(proc_cpu(ctl.popen.pid) - c0)
@@ -487,6 +492,19 @@ async def fanout(
                 # A revocation: every agent's LocalConfig changes, no peer does.
                 per_agent, cpu_ctl, cpu_agents = [], [], []
                 t_revoke = await timed(Keys.revoked(os.urandom(32).hex()), b"{}", (), "")
+                cpu_revoke = cpu_ctl[0]
+                # A fleet-wide change (the profile of the policy every node is in): every agent's every
+                # peer changes; the compiler builds nothing and each agent gets a snapshot on demand.
+                t_fleet = cpu_fleet = 0.0
+                fleet_wrong = 0
+                if fleet:
+                    per_agent, cpu_ctl, cpu_agents = [], [], []
+                    wide = spec_pb2.MeshSpec()
+                    wide.CopyFrom(spec)
+                    wide.profiles[0].dpd_interval_seconds += 15
+                    before = wrong
+                    t_fleet = await timed(Keys.SPEC, wide.SerializeToString(deterministic=True), None, "", 2)
+                    cpu_fleet, fleet_wrong, wrong = cpu_ctl[0], wrong - before, before
                 hwm = proc_status(ctl.popen.pid, "VmHWM")
                 server = scrape(metrics_port)
             finally:
@@ -530,8 +548,15 @@ async def fanout(
     )
     print(
         f"revocation (every LocalConfig changes, no peer): etcd write -> last agent {t_revoke:5.2f} s, "
-        f"controller CPU {cpu_ctl[0]:5.2f} s (full recompile {full_ref:7.1f} s: {full_ref / t_revoke:6.1f}x)"
+        f"controller CPU {cpu_revoke:5.2f} s (full recompile {full_ref:7.1f} s: {full_ref / t_revoke:6.1f}x)"
     )
+    if fleet:
+        print(
+            f"fleet-wide profile change (every peer of every node): etcd write -> last of {len(sims)} "
+            f"agents' snapshot {t_fleet:5.2f} s, controller CPU {cpu_fleet:5.2f} s "
+            f"({cpu_fleet / len(sims) * 1e3:.0f} ms per agent; exact deltas would need "
+            f"{2 * full_ref:7.1f} s); deliveries not a snapshot: {fleet_wrong}"
+        )
     count = server.get("meshsec_controller_sync_push_seconds_count", 0)
     if count:
         push = server["meshsec_controller_sync_push_seconds_sum"] / count
@@ -559,13 +584,29 @@ def main() -> None:
         "version (as agents restarting with a cached desired state do) and snapshots are sampled",
     )
     parser.add_argument("--no-fanout", action="store_true", help="compile part only")
+    parser.add_argument(
+        "--fleet-upto",
+        type=int,
+        default=1000,
+        help="time a fleet-wide change's fan-out (a snapshot to every connected agent) up to this size",
+    )
     args = parser.parse_args()
     for n in args.sizes:
         ref = bench(n, args.sample)
         gc.collect()
         if not args.no_fanout:
             with tempfile.TemporaryDirectory(prefix="meshsec-bench-") as tmp:
-                asyncio.run(fanout(n, args.agents, args.changes, n <= args.snapshot_upto, ref, Path(tmp)))
+                asyncio.run(
+                    fanout(
+                        n,
+                        args.agents,
+                        args.changes,
+                        n <= args.snapshot_upto,
+                        ref,
+                        Path(tmp),
+                        n <= args.fleet_upto,
+                    )
+                )
     bench_sparse(max(args.sizes), 100)
 
 

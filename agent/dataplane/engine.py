@@ -208,7 +208,13 @@ class Dataplane(SaTables):
             for pkt in packets:
                 try:
                     n = len(pkt)
-                    entry = out.get(cache.get(flow_key(pkt))) if n > 120 else None  # type: ignore[arg-type]
+                    if n <= 120:
+                        entry = None
+                    elif pkt[0] == 0x45 and not pkt[6] & 0x3F and not pkt[7]:
+                        # flow_key() inlined for unfragmented IPv4 without options (same bytes)
+                        entry = out.get(cache.get(pkt[9:10] + pkt[12:24]))  # type: ignore[arg-type]
+                    else:
+                        entry = out.get(cache.get(flow_key(pkt)))  # type: ignore[arg-type]
                     if entry is not None and n <= entry.mtu[pkt[0] >> 4]:
                         esp = entry.sa.protect(pkt, now)
                         batch = pending.get(entry.peer.endpoint)
@@ -326,6 +332,8 @@ class Dataplane(SaTables):
         sock = ep.sock
         c = self.counters
         unprotect = self._sad.unprotect
+        by_spi = self._sad.by_spi  # the Sad's own dict: a lookup inline, no frame per datagram
+        spi_of = udp.SPI.unpack_from
         inner: list[bytes] = []
         for _ in range(64):
             try:
@@ -350,7 +358,8 @@ class Dataplane(SaTables):
                 try:
                     # fast path: ESP (non-zero SPI, RFC 3948 §2.2); the rest is classified below
                     if ep.nat_t and len(dgram) >= 8 and (dgram[0] or dgram[1] or dgram[2] or dgram[3]):
-                        inner.append(unprotect(dgram, now)[1])
+                        sa = by_spi.get(spi_of(dgram)[0])
+                        inner.append(sa.unprotect(dgram, now) if sa is not None else unprotect(dgram, now)[1])
                     else:
                         self._other_datagram(ep, dgram, addr)
                 except EspDrop as drop:

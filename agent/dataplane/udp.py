@@ -26,6 +26,7 @@ MAX_GSO_BYTES = 65000
 SOCKET_BUFFER = 8 << 20
 _GSO = struct.Struct("=H")
 _GRO = struct.Struct("=i")
+SPI = struct.Struct("!I")  # first word of an ESP datagram (RFC 4303 §2.1)
 GRO_CMSG_SPACE = socket.CMSG_SPACE(_GRO.size)
 
 KIND_ESP = 0

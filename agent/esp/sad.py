@@ -36,6 +36,11 @@ class Sad:
             sa.wipe()
         return sa
 
+    @property
+    def by_spi(self) -> dict[int, InboundSa]:
+        """The SPI -> SA dict itself, for the data plane's per-datagram lookup; never mutate it."""
+        return self._by_spi
+
     def get(self, spi: int) -> InboundSa | None:
         return self._by_spi.get(spi)
 

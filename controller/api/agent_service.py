@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, config_pb2
 from meshsec.controller.api.auth import require_node
 from meshsec.controller.ca import CertificateAuthority, CsrInvalid, TokenRefused, consume_token, fingerprint
-from meshsec.controller.desired import DesiredState
+from meshsec.controller.desired import DesiredState, announced
 from meshsec.controller.observability import metrics
 from meshsec.controller.store import Keys, Store, StoreError
 
@@ -298,12 +298,26 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             await self._lease.leave(connected)
 
     # -- report ----------------------------------------------------------------------------------
+    async def _record_announced(self, node: str, subnets: list[str]) -> bool:
+        """Keep the node's announced subnets (announced.py decides whether they are routed).
+        False: etcd failed, try again with the next report."""
+        try:
+            if await announced.record(self._store, node, subnets):
+                log.info("node %r announces %s", node, ", ".join(announced.normalize(subnets)))
+        except ValueError as exc:
+            log.warning("node %r: announcement refused: %s", node, exc)
+        except StoreError as exc:
+            log.warning("node %r: cannot store its announcement: %s", node, exc)
+            return False
+        return True
+
     async def Report(
         self, request_iterator: AsyncIterator[agent_pb2.ReportRequest], context: grpc.aio.ServicerContext
     ) -> agent_pb2.ReportResponse:
         ident = await require_node(context, None, self._state.is_revoked)
         key = Keys.status(ident.name)
         self._lease.enter(key)
+        last_announced: list[str] = []
         try:
             async for req in request_iterator:
                 status = req.status
@@ -317,6 +331,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 if not status.HasField("reported_at"):
                     status.reported_at.GetCurrentTime()
                 await self._lease.put(key, status.SerializeToString(deterministic=True))
+                subnets = list(status.announced_subnets)
+                if (
+                    subnets
+                    and subnets != last_announced
+                    and await self._record_announced(ident.name, subnets)
+                ):
+                    last_announced = subnets
         finally:
             await self._lease.leave(key)
         return agent_pb2.ReportResponse()

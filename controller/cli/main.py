@@ -116,7 +116,9 @@ def build_parser() -> Parser:
 
     p = command("token", "bootstrap tokens for enrolling nodes")
     token_sub = p.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
-    create = token_sub.add_parser("create", help="create a bootstrap token (printed once; --uses N for N nodes)")
+    create = token_sub.add_parser(
+        "create", help="create a bootstrap token (printed once; --uses N for N nodes)"
+    )
     create.add_argument("--node", default="", help="bind the token to this node name")
     create.add_argument("--ttl", default="1h", help="validity, e.g. 30m, 1h (default 1h)")
     create.add_argument(

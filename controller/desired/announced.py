@@ -67,20 +67,42 @@ async def record(store: Store, node: str, subnets: Iterable[str]) -> bool:
     return True
 
 
-async def load(store: Store, revision: int) -> dict[str, tuple[str, ...]]:
-    """Every stored announcement at `revision` (a corrupt one is skipped, with a log line)."""
+async def load(store: Store, revision: int) -> dict[str, tuple[tuple[str, ...], int]]:
+    """Every stored announcement at `revision`: node -> (subnets, mod_revision of its key).  A corrupt
+    one is skipped (it can only come from outside meshsec: record() writes normalized lists)."""
     kvs, _ = await store.get_prefix(ANNOUNCED, revision=revision)
-    out: dict[str, tuple[str, ...]] = {}
+    out: dict[str, tuple[tuple[str, ...], int]] = {}
     for kv in kvs:
         node = kv.key.removeprefix(ANNOUNCED)
         try:
             raw = json.loads(kv.value)
             if not isinstance(raw, list):
                 raise ValueError("not a list")
-            out[node] = normalize(str(x) for x in raw)
+            out[node] = (normalize(str(x) for x in raw), kv.mod_revision)
         except ValueError as exc:
-            log.warning("ignoring the stored announcement of %r: %s", node, exc)
+            log.debug("ignoring the stored announcement of %r: %s", node, exc)
     return out
+
+
+_last_rejected: frozenset[Rejected] = frozenset()
+
+
+def merge_stored(
+    spec: spec_pb2.MeshSpec, spec_revision: int, stored: Mapping[str, tuple[tuple[str, ...], int]]
+) -> tuple[spec_pb2.MeshSpec, int]:
+    """merge() of load()'s result: (spec to compile, the revision its content last changed at: the
+    spec key's, or a later announcement of an accepting node).  Says once what it ignores, and why."""
+    global _last_rejected
+    effective, rejected = merge(spec, {n: subnets for n, (subnets, _) in stored.items()})
+    if frozenset(rejected) != _last_rejected:
+        _last_rejected = frozenset(rejected)
+        for r in rejected:
+            log.warning("announced subnet %s of node %r ignored: %s", r.subnet, r.node, r.reason)
+    if effective is spec:
+        return spec, spec_revision
+    accepting = {n.name for n in spec.nodes if n.accept_announced_subnets}
+    revs = [rev for n, (_, rev) in stored.items() if n in accepting]
+    return effective, max([spec_revision, *revs])
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Compile inputs at one etcd revision: the spec, the CA bundle, revoked fingerprints, PSK master.
+"""Compile inputs at one etcd revision: the spec, the CA bundle, revoked fingerprints, PSK master, and
+the subnets agents announce (merged into the spec for the nodes that accept them: announced.py).
 
 A NodeConfig is a pure function of these, so reading them at an old revision reproduces exactly what an
 agent was sent at that revision (how a freshly started replica serves a resume with a delta).
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from meshsec.api.v1 import spec_pb2
 from meshsec.controller.ca.authority import load_psk_master
 from meshsec.controller.ca.kek import Sealer
+from meshsec.controller.desired import announced
 from meshsec.controller.store import Keys, Store
 
 
@@ -41,8 +43,8 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Inputs:
-    spec: spec_pb2.MeshSpec
-    spec_revision: int  # mod_revision of the spec key (0: none applied yet)
+    spec: spec_pb2.MeshSpec  # what is compiled: the stored spec plus accepted announced subnets
+    spec_revision: int  # mod_revision of the spec key, or of a later merged announcement (0: no spec)
     creds: Credentials
     revision: int  # the etcd revision all of this was read at
 
@@ -64,10 +66,11 @@ async def load_inputs(
     """Read every compile input at one revision (0 = now); raises Compacted for a compacted revision."""
     revision = revision or await store.revision()
     # Concurrently: these reads are on the path from an etcd write to every agent's delta.
-    spec_kv, ca_kv, (revoked, _) = await asyncio.gather(
+    spec_kv, ca_kv, (revoked, _), stored = await asyncio.gather(
         store.get(Keys.SPEC, revision=revision),
         store.get(Keys.CA_CERT, revision=revision),
         store.get_prefix(Keys.CERTS_REVOKED, revision=revision),
+        announced.load(store, revision),
     )
     spec = spec_pb2.MeshSpec()
     if spec_kv is not None:
@@ -79,4 +82,5 @@ async def load_inputs(
         revoked_fingerprints=frozenset(kv.key.removeprefix(Keys.CERTS_REVOKED) for kv in revoked),
         psk_master=psk_master,
     )
-    return Inputs(spec, spec_kv.mod_revision if spec_kv else 0, creds, revision)
+    spec, spec_revision = announced.merge_stored(spec, spec_kv.mod_revision if spec_kv else 0, stored)
+    return Inputs(spec, spec_revision, creds, revision)

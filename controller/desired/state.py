@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from meshsec.api.v1 import config_pb2, spec_pb2
 from meshsec.controller.ca.kek import Sealer
+from meshsec.controller.desired import announced
 from meshsec.controller.desired.contracts import compiler_credentials, diff, new_compiler
 from meshsec.controller.desired.history import History, NodeDelta
 from meshsec.controller.desired.inputs import Credentials, Inputs, load_inputs
@@ -387,7 +388,7 @@ class DesiredState:
                         log.info("etcd reachable again; desired state at version %d", self.version)
                     failing = False
                     async for revision, events in self._store.watch_prefix(Keys.ROOT, inputs.revision + 1):
-                        changes = [e.revision for e in events if Keys.is_compile_input(e.key)]
+                        changes = [e.revision for e in events if announced.is_compile_input(e.key)]
                         if changes:  # version = the revision of the change itself (e.g. the Apply txn)
                             seen = time.monotonic()
                             inputs = await load_inputs(

@@ -79,7 +79,8 @@ def test_controller_inits_and_serves_over_tls_etcd_from_env_files(
 
                 async with admin_channel(f"unix://{sock}", state) as ch:
                     resp = await admin_pb2_grpc.AdminServiceStub(ch).Apply(
-                        admin_pb2.ApplyRequest(spec_yaml=mesh_yaml({"a": 1, "b": 2}), filename="m.yaml"), timeout=10
+                        admin_pb2.ApplyRequest(spec_yaml=mesh_yaml({"a": 1, "b": 2}), filename="m.yaml"),
+                        timeout=10,
                     )
                 assert not resp.errors
                 tls_args = {

@@ -17,21 +17,10 @@ from tests.deploy.conftest import REPO, Obj, container, env, find
 PENDING = {
     "controller": {
         "MESHSEC_HEALTH_LISTEN",  # HTTP /healthz /readyz /metrics
-        "MESHSEC_ETCD_CA_FILE",  # TLS to etcd
-        "MESHSEC_ETCD_CERT_FILE",
-        "MESHSEC_ETCD_KEY_FILE",
-        "MESHSEC_SERVER_NAMES",  # SANs of the controller's server certificate (Service DNS names)
         "MESHSEC_POD_IP",
     },
     "agent": {
         "MESHSEC_HEALTH_LISTEN",  # HTTP /healthz (loop alive) /readyz (enrolled and synced)
-        "MESHSEC_TOKEN_FILE",  # token from a mounted Secret file instead of the environment
-        "MESHSEC_TUN_DEVICE",
-        "MESHSEC_IKE_PORT",
-        "MESHSEC_NATT_PORT",
-        "MESHSEC_ANNOUNCE_POD_CIDR",  # read spec.podCIDR(s) of MESHSEC_NODE and announce them
-        "MESHSEC_NODE_IP",
-        "MESHSEC_NODE_IPS",
         "MESHSEC_POD_NAME",
         "MESHSEC_POD_NAMESPACE",
     },

@@ -111,3 +111,34 @@ def test_gro_keeps_gaps_and_other_packets_apart() -> None:
     assert len(writes) == 3
     assert all(w[: offload.VNET_HDR_LEN] == offload.PLAIN_HDR for w in writes)
     assert writes[1][offload.VNET_HDR_LEN :] == other
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize(("size", "mss"), [(1, 536), (1347, 1347), (4001, 1347), (2695, 7), (60001, 1400)])
+def test_tso_segments_odd_sizes_id_wrap_and_flags(family: int, size: int, mss: int) -> None:
+    """Odd payload and MSS lengths (RFC 1071 zero padding), the IPv4 id wrapping at 65535, FIN and PSH
+    only on the last segment, CWR only on the first -- every checksum checked by Scapy."""
+    payload = bytes((i * 7 + 3) & 0xFF for i in range(size))
+    ip = (
+        IP(src="198.19.1.1", dst="198.19.2.1", flags="DF", id=65534)
+        if family == 4
+        else IPv6(src="fd00::1", dst="fd00::2")
+    )
+    sup = bytes(ip / TCP(sport=5000, dport=5201, seq=0xFFFFFF00, flags="FPAC") / payload)
+    ip_len = 20 if family == 4 else 40
+    gso = offload.GSO_TCPV4 if family == 4 else offload.GSO_TCPV6
+    hdr = offload.VNET_HDR.pack(offload.F_NEEDS_CSUM, gso, ip_len + 20, mss, ip_len, 16)
+    segs = offload.split_read(hdr + _partial(sup, ip_len))
+    assert len(segs) == -(-size // mss)
+    got = b""
+    for i, seg in enumerate(segs):
+        assert _tcp_ok(seg), f"segment {i} has a bad checksum"
+        p = (IP if family == 4 else IPv6)(seg)
+        flags = str(p[TCP].flags)
+        last = i == len(segs) - 1
+        assert p[TCP].seq == (0xFFFFFF00 + i * mss) & 0xFFFFFFFF
+        assert ("F" in flags, "P" in flags, "C" in flags) == (last, last, i == 0)
+        if family == 4:
+            assert p.id == (65534 + i) & 0xFFFF
+        got += bytes(p[TCP].payload)
+    assert got == payload

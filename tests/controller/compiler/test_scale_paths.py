@@ -11,7 +11,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meshsec.api.v1 import config_pb2, spec_pb2
-from meshsec.controller.compiler import MeshCompiler, apply_delta, compile_mesh
+from meshsec.controller.compiler import MeshCompiler, apply_delta, compile_mesh, plan
 from meshsec.controller.compiler import delta as delta_mod
 
 from .helpers import CREDS, node_yaml, spec_from
@@ -267,3 +267,14 @@ def test_spec_and_credential_changes_together(
                 assert apply_delta(old, compiler.delta(n)).SerializeToString(deterministic=True) == full[n]
         assert serialized({n: compiler.config(n) for n in compiler.names()}) == full
         previous = full
+
+
+@settings(max_examples=40, deadline=None)
+@given(edits=EDITS)
+def test_a_plan_above_the_delta_budget_equals_the_exact_plan(edits: list[tuple[str, str, int]]) -> None:
+    """`meshctl apply --dry-run` of a fleet-wide change: planned node by node, same result."""
+    old = base_spec()
+    new = base_spec()
+    for what, name, k in edits:
+        edit(new, what, name, k)
+    assert plan(old, new, CREDS, delta_peers=0) == plan(old, new, CREDS, delta_peers=None)
