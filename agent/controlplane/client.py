@@ -36,6 +36,7 @@ from meshsec.agent.controlplane.renewal import (
     recover_pending,
 )
 from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, config_pb2
+from meshsec.controller.compiler import delta as delta_merge
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +55,14 @@ class DeltaMismatch(Exception):
 
 
 def apply_delta(config: config_pb2.NodeConfig, delta: config_pb2.NodeConfigDelta) -> config_pb2.NodeConfig:
-    """Pure: the config after the delta (peers kept sorted by name)."""
+    """Pure: the config after the delta, which must start at exactly the version we hold.
+
+    The merge itself is the compiler's (O(changed peers x log n)); this adds the strict version check
+    that a streamed delta needs (the compiler also accepts unversioned deltas).
+    """
     if delta.from_version != config.version:
         raise DeltaMismatch(f"delta from {delta.from_version} but we hold {config.version}")
-    out = config_pb2.NodeConfig()
-    out.CopyFrom(config)
-    if delta.HasField("local"):
-        out.local.CopyFrom(delta.local)
-    peers = {p.name: p for p in out.peers}
-    for name in delta.remove_peers:
-        peers.pop(name, None)
-    for p in delta.upsert_peers:
-        peers[p.name] = p
-    del out.peers[:]
-    out.peers.extend(peers[n] for n in sorted(peers))
-    out.version = delta.to_version
-    return out
+    return delta_merge.apply_delta(config, delta)
 
 
 def _reason(exc: BaseException) -> str:
