@@ -4,7 +4,6 @@ SIGTERM that first reports not-ready, drains, then stops.  Real etcd, real contr
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import time
@@ -181,4 +180,3 @@ def test_drain_default_is_zero_outside_kubernetes_and_five_inside(monkeypatch: p
         "meshsec-controller.ns.svc.cluster.local",
         "vpn.example.net",
     ]
-    assert json.dumps(args.server_name)  # plain strings
