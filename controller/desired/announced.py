@@ -24,8 +24,7 @@ from meshsec.controller.store import Keys, Store
 
 log = logging.getLogger(__name__)
 
-# TODO(store owner): move into controller/store/keys.py (Keys.ANNOUNCED) and Keys.is_compile_input.
-ANNOUNCED = Keys.ROOT + "announced/"
+ANNOUNCED = Keys.ANNOUNCED
 MAX_ANNOUNCED = 16  # per node: a podCIDR per family, with room; an agent cannot flood the spec
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -36,8 +35,8 @@ def announced_key(node: str) -> str:
 
 
 def is_compile_input(key: str) -> bool:
-    """Keys.is_compile_input plus the announcements (a change may change some node's routes)."""
-    return Keys.is_compile_input(key) or key.startswith(ANNOUNCED)
+    """Kept for callers: announcements are compile inputs in Keys.is_compile_input itself."""
+    return Keys.is_compile_input(key)
 
 
 def normalize(subnets: Iterable[str]) -> tuple[str, ...]:

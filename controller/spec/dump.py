@@ -35,6 +35,8 @@ def node_to_dict(n: spec_pb2.Node) -> dict[str, Any]:
         d["identity"] = n.identity
     if n.behind_nat:
         d["behindNat"] = True
+    if n.accept_announced_subnets:
+        d["acceptAnnouncedSubnets"] = True
     if n.kind == spec_pb2.NODE_KIND_EXTERNAL:
         d["auth"] = _name_of(AUTHS, n.auth) or "certificate"
         if n.external_ca_pem:

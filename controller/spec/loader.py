@@ -43,6 +43,7 @@ NODE = (
     "labels",
     "identity",
     "behindNat",
+    "acceptAnnouncedSubnets",
     "auth",
     "externalCaPem",
 )
@@ -181,7 +182,14 @@ def _node(r: Reader, node: yaml.Node, path: str) -> spec_pb2.Node | None:
         msg.identity = _value(r, p, n, parse_identity, r.string(n, p)) or ""
     if "behindNat" in f:
         msg.behind_nat = bool(r.boolean(f["behindNat"][1], f["behindNat"][0]))
+    if "acceptAnnouncedSubnets" in f:
+        msg.accept_announced_subnets = bool(
+            r.boolean(f["acceptAnnouncedSubnets"][1], f["acceptAnnouncedSubnets"][0])
+        )
     external = msg.kind == spec_pb2.NODE_KIND_EXTERNAL
+    if msg.accept_announced_subnets and external:
+        p, n = f["acceptAnnouncedSubnets"]
+        r.error(p, "only agents announce subnets; external nodes list theirs in 'subnets'", n)
     for key in ("auth", "externalCaPem"):
         if key in f and not external:
             r.error(

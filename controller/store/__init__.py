@@ -26,9 +26,10 @@ key                                   value                                     
                                       (``jobs``: the singleton jobs; controller/jobs)          lease
 ``gc/gone-since/<name>``              JSON {since}: node first seen without a Sync stream     permanent
 ``gc/stale/<name>``                   JSON {since}: node gone longer than the gc limit        permanent
+``announced/<name>``                  JSON list of subnets the agent announces (podCIDRs)     permanent
 ====================================  =====================================================  ==========
 
-The compile inputs are ``spec``, ``ca/`` and ``certs/revoked/``: a NodeConfig is a pure function of them
+The compile inputs are ``spec``, ``ca/``, ``certs/revoked/`` and ``announced/``: a NodeConfig is a pure function of them
 at one etcd revision, which is what lets any replica (or a restarted one) serve a resume from an old
 version by reading those keys at that revision.
 """

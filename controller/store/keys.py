@@ -23,6 +23,8 @@ class Keys:
     TOKENS = ROOT + "tokens/"
     CERTS_ISSUED = ROOT + "certs/issued/"
     CERTS_REVOKED = ROOT + "certs/revoked/"
+    # Subnets an agent announces (e.g. its Kubernetes podCIDRs); merged only for nodes that accept them.
+    ANNOUNCED = ROOT + "announced/"
 
     @staticmethod
     def node(name: str) -> str:
@@ -51,4 +53,4 @@ class Keys:
     @staticmethod
     def is_compile_input(key: str) -> bool:
         """True for keys a NodeConfig depends on (a change means: recompile)."""
-        return key == Keys.SPEC or key.startswith((Keys.CA, Keys.CERTS_REVOKED))
+        return key == Keys.SPEC or key.startswith((Keys.CA, Keys.CERTS_REVOKED, Keys.ANNOUNCED))
