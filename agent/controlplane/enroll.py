@@ -34,6 +34,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
+    # A full-mesh snapshot grows ~260 bytes per peer (2.6 MB at 10,000): past gRPC's 4 MiB default at
+    # ~15,000 peers.  Same limit as the controller's GRPC_MESSAGE_OPTIONS.
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 
 

@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from meshsec.api.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 from meshsec.controller.api.admin_service import AdminService
-from meshsec.controller.api.agent_service import AgentService, AgentSettings
+from meshsec.controller.api.agent_service import GRPC_MESSAGE_OPTIONS, AgentService, AgentSettings
 from meshsec.controller.api.replica_credentials import ReplicaCredentials
 from meshsec.controller.ca import CANotInitialized, CertificateAuthority, Sealer, load_ca, load_kek
 from meshsec.controller.ca.kek import KEK_FILENAME
@@ -235,7 +235,9 @@ class Controller:
         self.creds.subscribe(follow)
         health_servicer = self._health_servicer = health.aio.HealthServicer()
 
-        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor()])
+        server = grpc.aio.server(
+            options=SERVER_OPTIONS + GRPC_MESSAGE_OPTIONS, interceptors=[MetricsInterceptor()]
+        )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
         self._mount_lifecycle(admin, sealer)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
@@ -246,7 +248,9 @@ class Controller:
         # Both credentials reload on a CA change or a server-certificate refresh (new handshakes only).
         self.port = self._bind(server, self.cfg.listen, self.cfg.socket, main=True)
 
-        enroll_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor()])
+        enroll_server = grpc.aio.server(
+            options=SERVER_OPTIONS + GRPC_MESSAGE_OPTIONS, interceptors=[MetricsInterceptor()]
+        )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, enroll_server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, enroll_server)
         self.enroll_port = self._bind(
