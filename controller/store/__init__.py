@@ -29,9 +29,9 @@ key                                   value                                     
 ``announced/<name>``                  JSON list of subnets the agent announces (podCIDRs)     permanent
 ====================================  =====================================================  ==========
 
-The compile inputs are ``spec``, ``ca/``, ``certs/revoked/`` and ``announced/``: a NodeConfig is a pure function of them
-at one etcd revision, which is what lets any replica (or a restarted one) serve a resume from an old
-version by reading those keys at that revision.
+The compile inputs are ``spec``, ``ca/``, ``certs/revoked/`` and ``announced/``: a NodeConfig is a
+pure function of them at one etcd revision, which is what lets any replica (or a restarted one) serve a
+resume from an old version by reading those keys at that revision.
 """
 
 from meshsec.controller.store.client import (
