@@ -208,7 +208,14 @@ def test_meshctl_ca_rotate_moves_a_real_agent_to_the_new_ca(etcd: EtcdCluster, t
         assert _server_leaf(port=port).issuer == issuer_b
         assert _server_leaf(path=state / "c.sock").issuer == issuer_b
 
-        # a new connection: the restarted controller presents a B certificate, refuses A certificates
+        # a new connection: the restarted controller presents a B certificate, refuses A certificates.
+        # Certificates here live seconds: restart right after a renewal, so that the agent's is still
+        # valid when the new replica is up (an expired one needs a new enrollment, by design).
+        def fresh_certificate() -> bool:
+            cert = x509.load_pem_x509_certificate((agent_dir / "node.pem").read_bytes())
+            return cert.not_valid_after_utc.timestamp() - time.time() > NODE_CERT_SECONDS * 0.7
+
+        _until("a freshly renewed certificate", fresh_certificate, NODE_CERT_SECONDS, agent)
         ctl.stop()
         mark = len(agent.log())
         ctl2 = _controller(state, etcd.endpoints, port, enroll_port)
