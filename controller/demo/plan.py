@@ -57,10 +57,15 @@ class DemoPlan:
         return next(h for h in self.hosts if h.name == name)
 
     def mesh_yaml(self) -> str:
-        """The spec the demo applies: every host in a transport-mode full mesh, site LANs tunnelled."""
+        """The spec the demo applies: hosts meshed in transport mode, site LANs tunnelled.
+
+        The two gateways reach each other through their tunnel-mode child SA, which also carries their
+        own addresses (each gateway's /32 is one of its subnets): one IKE SA per pair carries one mode
+        in this release, so the hosts policy lists every pair but the gateway pair explicitly.
+        """
         lines = [
-            "# meshsec demo: every host talks to every other in transport mode (host to host, ESP between",
-            "# the underlay addresses); the two site LANs talk through their gateways in tunnel mode.",
+            "# meshsec demo: hosts talk to each other in transport mode (host to host, ESP between the",
+            "# underlay addresses); the two site LANs -- and their gateways -- talk in tunnel mode.",
             "apiVersion: meshsec.io/v1",
             "kind: Mesh",
             "sites:",
@@ -71,19 +76,33 @@ class DemoPlan:
         for h in self.hosts:
             lines += [f"  - name: {h.name}", f'    endpoints: ["{h.underlay}"]']
             if h.site:
-                lines += [f"    site: {h.site}", "    labels: {role: gateway}"]
+                lines += [
+                    f"    site: {h.site}",
+                    f"    subnets: [{h.underlay}/32]",
+                    "    labels: {role: gateway}",
+                ]
+        lines.append("policies:")
+        pairs = self.transport_pairs()
+        if pairs:
+            lines += [f"  - name: {HOSTS_POLICY}", "    topology: pairs", "    pairs:"]
+            lines += [f"      - [{a}, {b}]" for a, b in pairs]
+            lines.append("    mode: transport")
         lines += [
-            "policies:",
-            f"  - name: {HOSTS_POLICY}",
-            "    topology: full-mesh",
-            "    members: {all: true}",
-            "    mode: transport",
             f"  - name: {SITES_POLICY}",
             "    topology: full-mesh",
             "    members: {labels: {role: gateway}}",
             "    mode: tunnel",
         ]
         return "\n".join(lines) + "\n"
+
+    def transport_pairs(self) -> list[tuple[str, str]]:
+        """Every pair of hosts except the gateway pair (which the site tunnel carries)."""
+        return [
+            (a.name, b.name)
+            for i, a in enumerate(self.hosts)
+            for b in self.hosts[i + 1 :]
+            if not (a.site and b.site)
+        ]
 
     def spec(self) -> spec_pb2.MeshSpec:
         return load_spec(self.mesh_yaml(), "demo-mesh.yaml")
@@ -98,7 +117,10 @@ class DemoPlan:
     def ping_pairs(self) -> list[tuple[str, str, str, str]]:
         """(from namespace role, to role, destination address, child SA that must carry it)."""
         pairs = [
-            (a.name, b.name, b.underlay, HOSTS_POLICY) for a in self.hosts for b in self.hosts if a is not b
+            (a.name, b.name, b.underlay, SITES_POLICY if a.site and b.site else HOSTS_POLICY)
+            for a in self.hosts
+            for b in self.hosts
+            if a is not b
         ]
         for a in self.lans:
             for b in self.lans:

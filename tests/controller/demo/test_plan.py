@@ -21,7 +21,8 @@ def test_the_mesh_yaml_is_valid_and_every_pair_gets_the_expected_child_sas(nodes
         assert set(expected[a]) == {h.name for h in plan.hosts} - {a}  # full mesh
         for b, children in expected[a].items():
             gateways = {"host-1", "host-2"}
-            want = {HOSTS_POLICY, SITES_POLICY} if {a, b} == gateways else {HOSTS_POLICY}
+            # the gateway pair: one tunnel-mode child SA carries the LANs and the gateways themselves
+            want = {SITES_POLICY} if {a, b} == gateways else {HOSTS_POLICY}
             assert children == want, (a, b)
 
 
@@ -40,10 +41,13 @@ def test_addresses_stay_inside_the_ranges_reserved_for_tests() -> None:
 def test_the_ping_matrix_covers_every_ordered_pair_once() -> None:
     plan = make_plan(4)
     pairs = plan.ping_pairs()
-    hosts = [(s, d) for s, d, _, child in pairs if child == HOSTS_POLICY]
-    lans = [(s, d) for s, d, _, child in pairs if child == SITES_POLICY]
+    hosts = [(s, d) for s, d, _, child in pairs if s.startswith("host-")]
+    lans = [(s, d) for s, d, _, child in pairs if s.startswith("lan-")]
     assert len(hosts) == len(set(hosts)) == 4 * 3
     assert sorted(lans) == [("lan-a", "lan-b"), ("lan-b", "lan-a")]
+    # the gateways reach each other through the site tunnel, every other host pair in transport mode
+    tunnelled = sorted((s, d) for s, d, _, child in pairs if child == SITES_POLICY and s.startswith("host-"))
+    assert tunnelled == [("host-1", "host-2"), ("host-2", "host-1")]
     assert ("lan-a", "lan-b", "198.19.2.10", SITES_POLICY) in pairs
 
 
