@@ -15,7 +15,6 @@ and carries traffic both ways.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ from meshsec.api.v1 import config_pb2, spec_pb2
 
 from tests.agent.runtime.harness import AgentProc, TestCa, node, peer, wait
 from tests.support.netns import Namespace, Topology
+from tests.support.traffic import iperf_tcp
 
 pytestmark = pytest.mark.system
 
@@ -80,18 +80,7 @@ def _tunnel_pair(
 
 
 def _iperf(client: Namespace, server: Namespace, dst: str, nbytes: str = "20M") -> int:
-    srv = server.popen(
-        ["iperf3", "-s", "-1", "-B", dst], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait(lambda: ":5201" in server.run("ss", "-ltn", check=False).stdout, what="iperf3 server")
-        out = json.loads(client.run("iperf3", "-c", dst, "-n", nbytes, "-J", timeout=60).stdout)
-        # Bytes the client pushed through TCP (iperf3 exits non-zero if the transfer breaks); the
-        # server's own count ends at its last report interval, so it reads a little low.
-        assert int(out["end"]["sum_received"]["bytes"]) > 0
-        return int(out["end"]["sum_sent"]["bytes"])
-    finally:
-        srv.wait(timeout=10)
+    return iperf_tcp(client, server, dst, nbytes)
 
 
 def _ping(ns: Namespace, dst: str, count: int = 3, *agents: AgentProc) -> None:

@@ -10,7 +10,6 @@ vanished; and charon behind a MASQUERADE NAT with port remapping connecting to o
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.agent.runtime.harness import PSK, AgentProc, TestCa, node, peer, wait
 from tests.support.netns import Namespace, Topology
 from tests.support.strongswan import Charon, psk_tunnel_conf
+from tests.support.traffic import iperf_tcp
 
 pytestmark = pytest.mark.system
 
@@ -56,18 +56,7 @@ def _ping(ns: Namespace, dst: str, count: int = 3) -> None:
 
 
 def _tcp(client: Namespace, server: Namespace, dst: str, nbytes: str = "5M") -> int:
-    srv = server.popen(
-        ["iperf3", "-s", "-1", "-B", dst], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait(lambda: ":5201" in server.run("ss", "-ltn", check=False).stdout, what="iperf3 server")
-        out = json.loads(client.run("iperf3", "-c", dst, "-n", nbytes, "-J", timeout=60).stdout)
-        # Bytes the client pushed through TCP (iperf3 exits non-zero if the transfer breaks); the
-        # server's own count ends at its last report interval, so it reads a little low.
-        assert int(out["end"]["sum_received"]["bytes"]) > 0
-        return int(out["end"]["sum_sent"]["bytes"])
-    finally:
-        srv.wait(timeout=10)
+    return iperf_tcp(client, server, dst, nbytes)
 
 
 def _our_peer(initiate: bool, **kw: object) -> object:
