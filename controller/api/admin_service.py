@@ -1,11 +1,14 @@
 """AdminService: what meshctl calls.  Every RPC needs an admin client certificate.
 
 Owns spec apply (validate → plan → one compare-and-swap txn on the spec key), node listing/deletion
-(deletion also revokes the node's certificate), status reads, token minting and the event stream.
+(deletion also revokes the node's certificate), status reads, token minting, the event stream, and the
+export of external nodes' configuration (the only call that can reveal pre-shared keys: audit-logged,
+never logging a key).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -18,7 +21,7 @@ from meshsec.controller.api.auth import require_role
 from meshsec.controller.ca import ROLE_ADMIN, CertificateAuthority, create_token
 from meshsec.controller.ca.tokens import MAX_USES
 from meshsec.controller.desired import DesiredState, SpecInvalid, load_spec, plan
-from meshsec.controller.desired.contracts import spec_errors
+from meshsec.controller.desired.contracts import compiler_credentials, spec_errors
 from meshsec.controller.store import Compacted, Keys, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -250,3 +253,43 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             )
         except StoreError as exc:
             await self._unavailable(context, exc)
+
+    async def Export(
+        self, request: admin_pb2.ExportRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ExportResponse:
+        """An external node's configuration from the compiled inputs this replica serves agents (the
+        spec with accepted announced subnets, this PSK master), so both ends agree by construction."""
+        ident = await require_role(context, ROLE_ADMIN, self._state.is_revoked)
+        from meshsec.controller.compiler.export import ExportError, export_swanctl
+
+        if request.format not in (admin_pb2.EXPORT_FORMAT_UNSPECIFIED, admin_pb2.EXPORT_FORMAT_SWANCTL):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"format: unknown value {request.format}")
+        inputs = self._state.inputs
+        if inputs is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "controller is starting; retry")
+        assert inputs is not None
+        secrets = request.include_secrets
+        # Audit before anything is revealed; the key itself is never logged.
+        log.info(
+            "export of %r (swanctl, secrets %s) requested by %s %r",
+            request.name,
+            "INCLUDED" if secrets else "withheld",
+            ident.role,
+            ident.name,
+        )
+        try:  # off the event loop: indexing a 10,000-node spec takes a while
+            out = await asyncio.to_thread(
+                export_swanctl, inputs.spec, compiler_credentials(inputs.creds), request.name, secrets=secrets
+            )
+        except ExportError as exc:
+            missing = "not found" in str(exc)
+            code = grpc.StatusCode.NOT_FOUND if missing else grpc.StatusCode.FAILED_PRECONDITION
+            await context.abort(code, str(exc))
+            raise AssertionError from None
+        return admin_pb2.ExportResponse(
+            config=out.config,
+            files=[admin_pb2.ExportFile(path=k, content=v) for k, v in sorted(out.files.items())],
+            has_secrets=out.has_secrets,
+            has_placeholders=out.has_placeholders,
+            version=inputs.revision,
+        )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, config_pb2
+from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, config_pb2, spec_pb2
 from meshsec.controller.api.auth import require_node
 from meshsec.controller.ca import CertificateAuthority, CsrInvalid, TokenRefused, consume_token, fingerprint
 from meshsec.controller.desired import DesiredState, announced
@@ -186,6 +186,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         node = request.node
         if not NODE_NAME.match(node):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node must be a DNS label (a-z, 0-9, '-')")
+        spec_node = next((n for n in self._state.spec.nodes if n.name == node), None)
+        if spec_node is not None and spec_node.kind == spec_pb2.NODE_KIND_EXTERNAL:
+            # External gear authenticates with its own CA or a PSK; a mesh certificate in its name would
+            # let whoever holds a token impersonate it towards every agent.
+            log.warning("enrollment of %r refused: it is an external node", node)
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"node {node!r} is external (no agent); it cannot enroll"
+            )
         try:
             # Check the CSR before spending the token, so a bad CSR does not burn it.
             cert = self._ca.sign_node_csr(
@@ -194,7 +202,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except CsrInvalid as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid CSR: {exc}")
         try:
-            in_spec = any(n.name == node for n in self._state.spec.nodes)
+            in_spec = spec_node is not None
             await consume_token(self._store, request.token, node, node_in_spec=in_spec)
         except TokenRefused as exc:
             log.warning("enrollment of %r refused: token %s", node, exc)  # the reason, never the token

@@ -7,12 +7,14 @@ from `errors.Exit`, listed in --help.  Never lets a traceback through.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import grpc
 from google.protobuf import json_format
 from meshsec.api.v1 import admin_pb2, status_pb2
 from meshsec.controller.spec import SpecInvalid, load_spec
@@ -27,7 +29,7 @@ from meshsec.controller.spec.values import BadValue, parse_duration
 
 from . import render
 from .client import Client
-from .errors import EXIT_CODES_HELP, CliError, Exit
+from .errors import EXIT_CODES_HELP, CliError, Exit, from_rpc_error
 from .settings import DEFAULT_CONFIG, DEFAULT_CONTROLLER, resolve
 
 __all__ = ["main"]
@@ -109,9 +111,23 @@ def build_parser() -> Parser:
     _output_option(p)
     p.set_defaults(func=cmd_status)
 
-    p = command("export", "print the configuration of an external node (swanctl.conf for strongSwan)")
+    p = command(
+        "export",
+        "print the configuration of an external node (swanctl.conf for strongSwan); pre-shared keys "
+        "are placeholders unless --show-secrets",
+    )
     p.add_argument("name")
     p.add_argument("--format", choices=("swanctl",), default="swanctl")
+    p.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="include the real pre-shared keys (the controller logs who asked); keep the output secret",
+    )
+    p.add_argument(
+        "--dir",
+        help="write swanctl.conf (mode 0600) and the files it needs (x509ca/meshsec-ca.pem) into DIR, "
+        "e.g. /etc/swanctl, instead of printing",
+    )
     p.set_defaults(func=cmd_export)
 
     p = command("token", "bootstrap tokens for enrolling nodes")
@@ -373,17 +389,52 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from meshsec.controller.compiler import Credentials
-    from meshsec.controller.compiler.export import ExportError, swanctl
-
     client = _client(args)
-    spec = client.call(client.admin.GetSpec, admin_pb2.GetSpecRequest()).spec
+    request = admin_pb2.ExportRequest(
+        name=args.name, format=admin_pb2.EXPORT_FORMAT_SWANCTL, include_secrets=args.show_secrets
+    )
     try:
-        text = swanctl(spec, Credentials(), args.name, secrets=False)
-    except ExportError as exc:
-        code = Exit.NOT_FOUND if "not found" in str(exc) else Exit.USAGE
-        raise CliError(code, str(exc)) from None
-    sys.stdout.write(text)
+        resp = client.admin.Export(request, timeout=client.timeout)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # an agent, or no agent connected to it
+            raise CliError(Exit.USAGE, exc.details() or "cannot export this node") from None
+        raise from_rpc_error(exc, client.target) from None
+    if args.dir:
+        _write_export(Path(args.dir), resp)
+    else:
+        sys.stdout.write(resp.config)
+    if resp.has_placeholders:
+        print(
+            f"meshctl: pre-shared keys are placeholders; `meshctl export {args.name} --show-secrets` "
+            "prints them (the controller logs the request)",
+            file=sys.stderr,
+        )
+    if resp.files and not args.dir:
+        paths = ", ".join(f.path for f in resp.files)
+        print(
+            f"meshctl: certificate auth also needs {paths} beside swanctl.conf; "
+            f"`meshctl export {args.name} --dir DIR` writes them",
+            file=sys.stderr,
+        )
+
+
+def _write_export(root: Path, resp: admin_pb2.ExportResponse) -> None:
+    """swanctl.conf (owner-only: it may hold keys) and the public files, under `root`."""
+    try:
+        for f in resp.files:
+            target = root / f.path
+            if ".." in Path(f.path).parts or Path(f.path).is_absolute():
+                raise CliError(Exit.CONTROLLER_ERROR, f"refusing file path {f.path!r} from the controller")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f.content)
+        root.mkdir(parents=True, exist_ok=True)
+        conf = root / "swanctl.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when the file existed with looser permissions
+        with os.fdopen(fd, "w") as fh:
+            fh.write(resp.config)
+    except OSError as exc:
+        raise CliError(Exit.USAGE, f"cannot write into {root}: {exc.strerror or exc}") from None
 
 
 def cmd_token_create(args: argparse.Namespace) -> None:

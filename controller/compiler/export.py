@@ -1,45 +1,74 @@
 """swanctl.conf for an external node: the mirror image of what its agent peers were compiled to do.
 
-`swanctl(spec, creds, name)` renders, for every agent connected to the external node, one connection
-whose local side is the external gear and whose remote side is the agent: same proposals, lifetimes,
-traffic selectors (swapped) and identities, so the two ends agree by construction.  Agents always
-initiate to external nodes, so the gear only responds.  Pure: the caller decides whether `creds` can
-reveal pre-shared keys (the controller can; meshctl without secrets prints placeholders).
+`export_swanctl(spec, creds, name, secrets=...)` renders, for every agent connected to the external node,
+one connection whose local side is the external gear and whose remote side is the agent: the same
+proposals, lifetimes, traffic selectors (swapped) and identities, so the two ends agree by
+construction.  Agents always initiate to external nodes, so the gear only responds.  For certificate
+auth it also names the files to install beside swanctl.conf (the mesh CA certificates in x509ca/).
+
+Pure, and owns no secret policy: the caller (AdminService.Export, audit-logged, admin only) decides
+whether pre-shared keys are revealed; otherwise they are placeholders.  Must not do I/O or log.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from meshsec.api.v1 import config_pb2, spec_pb2
 from meshsec.controller.spec import default_identity
-from meshsec.controller.spec.values import format_duration, parse_endpoint
+from meshsec.controller.spec.values import parse_endpoint
 
 from .model import Credentials, Model
 
-__all__ = ["ExportError", "swanctl"]
+__all__ = ["PLACEHOLDER", "Export", "ExportError", "export_swanctl", "swanctl"]
 
 PLACEHOLDER = "REPLACE-WITH-THE-PAIR-PSK"
+_PEM_END = "-----END CERTIFICATE-----"
 
 
 class ExportError(ValueError):
     """The named node cannot be exported (unknown, not external, or connected to no agent)."""
 
 
+@dataclass(frozen=True)
+class Export:
+    """A rendered configuration and the public files it refers to (relative path -> text)."""
+
+    config: str = field(repr=False)  # may hold pre-shared keys
+    files: dict[str, str] = field(default_factory=dict)
+    has_secrets: bool = False
+    has_placeholders: bool = False
+
+
 def _id(identity: str) -> str:
-    """meshsec identities are TYPE:VALUE; strongSwan reads fqdn:, email:, ipv4:, ipv6:, keyid: as they are
-    and a distinguished name without a prefix."""
+    """meshsec identities are TYPE:VALUE.  strongSwan reads fqdn:, email:, ipv4:, ipv6: as they are, a
+    distinguished name without a prefix, and a binary key id as keyid:#HEX (meshsec's keyid is hex)."""
     kind, _, value = identity.partition(":")
-    return value if kind == "dn" else identity
+    if kind == "dn":
+        return value
+    if kind == "keyid":
+        return "keyid:#" + value.removeprefix("#")
+    return identity
 
 
 def _q(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _time(seconds: int) -> str:
+    """A strongSwan time value: ONE unit ("66m", "15840s"); swanctl refuses meshsec's "1h6m"."""
+    for suffix, unit in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % unit == 0:
+            return f"{seconds // unit}{suffix}"
+    return f"{seconds}s"
+
+
 def _lifetimes(lt: spec_pb2.Lifetime, child: bool) -> list[str]:
-    out = [f"rekey_time = {format_duration(lt.rekey_seconds) if lt.rekey_seconds else '0'}"]
+    """strongSwan's names for our lifetimes: the IKE SA's hard limit is rekey_time + over_time."""
+    out = [f"rekey_time = {_time(lt.rekey_seconds)}"]
     if child:
         if lt.life_seconds:
-            out.append(f"life_time = {format_duration(lt.life_seconds)}")
+            out.append(f"life_time = {_time(lt.life_seconds)}")
         for key, value in (
             ("rekey_bytes", lt.rekey_bytes),
             ("life_bytes", lt.life_bytes),
@@ -49,14 +78,50 @@ def _lifetimes(lt: spec_pb2.Lifetime, child: bool) -> list[str]:
             if value:
                 out.append(f"{key} = {value}")
     elif lt.life_seconds > lt.rekey_seconds:
-        out.append(f"over_time = {format_duration(lt.life_seconds - lt.rekey_seconds)}")
+        out.append(f"over_time = {_time(lt.life_seconds - lt.rekey_seconds)}")
     if lt.jitter_seconds:
-        out.append(f"rand_time = {format_duration(lt.jitter_seconds)}")
+        out.append(f"rand_time = {_time(lt.jitter_seconds)}")
     return out
 
 
-def swanctl(spec: spec_pb2.MeshSpec, creds: Credentials, name: str, secrets: bool = True) -> str:
-    """A complete swanctl.conf (connections and secrets) for external node `name`."""
+def ca_files(bundle_pem: str) -> dict[str, str]:
+    """The mesh CA bundle as swanctl x509ca/ files: meshsec-ca.pem, then meshsec-ca-2.pem, ... (two
+    during a CA rollover, when agents may present a certificate from either)."""
+    pems = [part.strip() + "\n" + _PEM_END + "\n" for part in bundle_pem.split(_PEM_END) if part.strip()]
+    names = ["x509ca/meshsec-ca.pem"] + [f"x509ca/meshsec-ca-{i}.pem" for i in range(2, len(pems) + 1)]
+    return dict(zip(names, pems, strict=True))
+
+
+def _header(name: str, node: spec_pb2.Node, psk: bool, cas: list[str], secrets: bool) -> list[str]:
+    lines = [
+        f"# swanctl.conf for {name}, generated by meshsec (meshctl export) from the mesh spec; do not edit:",
+        "# change mesh.yaml and export again.  The meshsec agents initiate; this side only responds.",
+        "# Load it with `swanctl --load-all` (or --file PATH: x509ca/ etc. are then looked up beside PATH).",
+    ]
+    if any(parse_endpoint(ep).port not in (500, 4500) for ep in node.endpoints):
+        lines.append("# An endpoint of this node uses another IKE port: set charon.port in strongswan.conf.")
+    if psk and secrets:
+        lines.append("# Holds pre-shared keys: keep it secret (mode 0600).")
+    elif psk:
+        lines.append(f"# Pre-shared keys are placeholders; `meshctl export {name} --show-secrets` has them.")
+    else:
+        ident = _id(default_identity(node))
+        lines += [
+            "# Certificate auth.  Install beside this file:",
+            f"#   x509ca/{', x509ca/'.join(cas)}: the mesh CA that issued the agents' certificates",
+            "#     (`meshctl export --dir DIR` writes them);",
+            f"#   x509/{name}.pem: this gateway's certificate, {ident} as its subject or a subjectAltName,",
+            "#     issued by the CA in this node's externalCaPem (the agents connected to it trust that CA);",
+            "#   private/ (or rsa/, ecdsa/): its private key.",
+        ]
+        if not node.external_ca_pem:
+            lines.append("# NOTE: no externalCaPem is set: the agents accept only a mesh CA certificate.")
+    return lines
+
+
+def export_swanctl(spec: spec_pb2.MeshSpec, creds: Credentials, name: str, *, secrets: bool) -> Export:
+    """A complete swanctl.conf (connections and secrets) for external node `name`; pre-shared keys are
+    real only when `secrets` (and the credentials can derive them), else placeholders."""
     model = Model(spec, creds)
     node = model.nodes.get(name)
     if node is None:
@@ -66,48 +131,43 @@ def swanctl(spec: spec_pb2.MeshSpec, creds: Credentials, name: str, secrets: boo
     agents = sorted(a for a in model.agents() if model.connected(a, name))
     if not agents:
         raise ExportError(f"external node {name!r} is connected to no agent by any policy")
-    me = default_identity(node)
+    me = _q(_id(default_identity(node)))
     psk = node.auth == spec_pb2.AUTH_METHOD_PSK
-    local_ep = parse_endpoint(node.endpoints[0])
-    lines = [
-        f"# swanctl.conf for {name}, generated by meshsec from the mesh spec; do not edit by hand.",
-        "# The meshsec agents initiate; this side only responds.",
-    ]
-    if not psk:
-        lines += [
-            f"# Put {name}'s certificate and key into swanctl/x509 and swanctl/private (cert {name}.pem),",
-            "# and the meshsec CA certificate (meshctl get ca, or the controller's ca.pem) into",
-            "# swanctl/x509ca/meshsec-ca.pem.",
-        ]
+    files = {} if psk else ca_files(creds.trusted_ca_pem)
+    cas = [path.removeprefix("x509ca/") for path in files] or ["meshsec-ca.pem"]
+    local_addrs = [ep.host for ep in map(parse_endpoint, node.endpoints) if ep.is_ip]
+    lines = _header(name, node, psk, cas, secrets)
     lines.append("connections {")
-    secret_lines = []
+    secret_lines: list[str] = []
+    real = placeholders = 0
     for agent in agents:
         peer = config_pb2.PeerConfig.FromString(model.peer_bytes(agent, name))  # the agent's view of us
         an = model.nodes[agent]
-        ike_profile = model.profiles[model.policies[peer.children[0].name].profile]
         remote = [parse_endpoint(ep) for ep in an.endpoints]
+        them = _q(_id(default_identity(an)))
         conn = [f"    meshsec-{agent} {{", "        version = 2"]
-        if local_ep.is_ip:
-            conn.append(f"        local_addrs = {local_ep.host}")
-        conn.append(f"        remote_addrs = {', '.join(ep.host for ep in remote) if remote else '%any'}")
-        if remote and remote[0].port != 500:
-            conn.append(f"        remote_port = {remote[0].port}")
+        if local_addrs:
+            conn.append(f"        local_addrs = {', '.join(local_addrs)}")
+        # An agent behind NAT shows up from its NAT's address, not the one in its spec.
+        reachable = [ep for ep in remote if ep.is_ip] if not an.behind_nat else []
+        conn.append(f"        remote_addrs = {', '.join(ep.host for ep in reachable) or '%any'}")
+        if reachable and reachable[0].port != 500:
+            conn.append(f"        remote_port = {reachable[0].port}")
         conn.append(f"        proposals = {', '.join(peer.ike.proposals)}")
-        conn += [f"        {line}" for line in _lifetimes(ike_profile.ike_lifetime, child=False)]
+        conn += [f"        {line}" for line in _lifetimes(peer.ike.lifetime, child=False)]
         if peer.ike.dpd_interval_seconds:
-            conn.append(f"        dpd_delay = {format_duration(peer.ike.dpd_interval_seconds)}")
+            conn.append(f"        dpd_delay = {_time(peer.ike.dpd_interval_seconds)}")
+        # Agents do not implement MOBIKE (RFC 4555).  `unique` stays at its default (no): a restarted
+        # agent sends INITIAL_CONTACT, which makes charon drop the stale SA anyway, while "replace" would
+        # also cut the old SA of the agent's make-before-break replacement as soon as the new one is up.
+        conn.append("        mobike = no")
         auth = "psk" if psk else "pubkey"
-        conn += ["        local {", f"            auth = {auth}", f"            id = {_q(_id(me))}"]
+        conn += ["        local {", f"            auth = {auth}", f"            id = {me}"]
         if not psk:
             conn.append(f"            certs = {name}.pem")
-        conn += [
-            "        }",
-            "        remote {",
-            f"            auth = {auth}",
-            f"            id = {_q(_id(default_identity(an)))}",
-        ]
+        conn += ["        }", "        remote {", f"            auth = {auth}", f"            id = {them}"]
         if not psk:
-            conn.append("            cacerts = meshsec-ca.pem")
+            conn.append(f"            cacerts = {', '.join(cas)}")
         conn += ["        }", "        children {"]
         for child in peer.children:
             mode = "transport" if child.mode == spec_pb2.MODE_TRANSPORT else "tunnel"
@@ -120,24 +180,30 @@ def swanctl(spec: spec_pb2.MeshSpec, creds: Credentials, name: str, secrets: boo
             ]
             conn += [f"                {line}" for line in _lifetimes(child.lifetime, child=True)]
             conn += [
-                "                start_action = none",
+                "                start_action = none",  # the agent initiates (and re-initiates)
                 "                dpd_action = clear",
                 "            }",
             ]
         conn += ["        }", "    }"]
         lines += conn
         if psk:
-            secret = f"0x{peer.psk.hex()}" if secrets and peer.psk else _q(PLACEHOLDER)
-            if secret.startswith('"'):
-                secret_lines.append("    # the controller holds this pair's key; meshctl cannot show it yet")
+            if secrets and peer.psk:
+                secret, real = f"0x{peer.psk.hex()}", real + 1
+            else:
+                secret, placeholders = _q(PLACEHOLDER), placeholders + 1
             secret_lines += [
                 f"    ike-{agent} {{",
-                f"        id-local = {_q(_id(me))}",
-                f"        id-remote = {_q(_id(default_identity(an)))}",
+                f"        id-local = {me}",
+                f"        id-remote = {them}",
                 f"        secret = {secret}",
                 "    }",
             ]
     lines.append("}")
     if secret_lines:
         lines += ["secrets {", *secret_lines, "}"]
-    return "\n".join(lines) + "\n"
+    return Export("\n".join(lines) + "\n", files, bool(real), bool(placeholders))
+
+
+def swanctl(spec: spec_pb2.MeshSpec, creds: Credentials, name: str, secrets: bool = True) -> str:
+    """Just the swanctl.conf text of `export_swanctl`."""
+    return export_swanctl(spec, creds, name, secrets=secrets).config

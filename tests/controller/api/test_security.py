@@ -206,3 +206,38 @@ def test_deleted_node_is_revoked(etcd: EtcdCluster, tmp_path: Path) -> None:
                 assert "revoked" in (err.value.details() or "")
 
     run(body())
+
+
+def test_external_node_cannot_enroll(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """External gear has no agent: a mesh certificate in its name would let a token holder impersonate it."""
+    mesh = h.mesh_yaml(NODES) + ("  - {name: gw-x, topology: pairs, pairs: [[node-a, gw-x]]}\n")
+    mesh = mesh.replace(
+        "policies:",
+        '  - {name: gw-x, kind: external, endpoints: ["198.18.0.9"], auth: psk, subnets: [198.19.9.0/24]}\n'
+        "policies:",
+    )
+
+    async def body() -> None:
+        await _setup(etcd, tmp_path)
+        async with h.replica(tmp_path, etcd.endpoints) as r:
+            await h.apply(r.address, tmp_path, mesh)
+            tok = await h.token(r.address, tmp_path)
+            with pytest.raises(EnrollError, match="FAILED_PRECONDITION"):
+                await enroll(
+                    r.enroll_address,
+                    "gw-x",
+                    tok.token,
+                    AgentIdentity(tmp_path / "x"),
+                    ca_sha256=tok.ca_cert_sha256,
+                )
+            assert not AgentIdentity(tmp_path / "x").cert_path.exists()
+            # The token was not spent on the refused attempt.
+            await enroll(
+                r.enroll_address,
+                "node-a",
+                tok.token,
+                AgentIdentity(tmp_path / "a"),
+                ca_sha256=tok.ca_cert_sha256,
+            )
+
+    run(body())

@@ -59,6 +59,16 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey |
         )
 
 
+FAKE_CA_PEM = "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n"
+
+
+def fake_psk(a: str, b: str) -> bytes:
+    """A stand-in pair key (symmetric, 32 bytes) the export tests can recompute."""
+    import hashlib
+
+    return hashlib.sha256("|".join(sorted((a, b))).encode()).digest()
+
+
 class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
     """Enough of AdminService for meshctl: spec in memory, canned status, admin-only by certificate CN."""
 
@@ -66,6 +76,7 @@ class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
         self.spec = spec_pb2.MeshSpec()
         self.version = 0
         self.tokens: list[admin_pb2.CreateTokenRequest] = []
+        self.exports: list[admin_pb2.ExportRequest] = []
 
     def _admin(self, context: grpc.ServicerContext) -> None:
         cn = context.auth_context().get("x509_common_name", [b""])[0]
@@ -168,6 +179,28 @@ class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
         self._admin(context)
         self.tokens.append(request)
         return admin_pb2.CreateTokenResponse(token="tok123.secret456", ca_cert_sha256="ab" * 32)
+
+    def Export(self, request, context):
+        """The real renderer over the spec in memory, with a stand-in PSK per pair and CA bundle."""
+        from meshsec.controller.compiler.export import ExportError, export_swanctl
+
+        self._admin(context)
+        self.exports.append(request)
+        creds = Credentials(FAKE_CA_PEM, psk_for=fake_psk)
+        try:
+            out = export_swanctl(self.spec, creds, request.name, secrets=request.include_secrets)
+        except ExportError as exc:
+            missing = "not found" in str(exc)
+            context.abort(
+                grpc.StatusCode.NOT_FOUND if missing else grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+            )
+        return admin_pb2.ExportResponse(
+            config=out.config,
+            files=[admin_pb2.ExportFile(path=k, content=v) for k, v in out.files.items()],
+            has_secrets=out.has_secrets,
+            has_placeholders=out.has_placeholders,
+            version=self.version,
+        )
 
 
 @dataclass

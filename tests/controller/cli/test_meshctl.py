@@ -242,9 +242,10 @@ def test_export_swanctl_for_an_external_node(
 ) -> None:
     run(capsys, "apply", "-f", str(EXAMPLE), *controller.args())
     code, out, err = run(capsys, "export", "legacy-fw", "--format", "swanctl", *controller.args())
-    assert (code, err) == (0, "")
+    assert code == 0 and "--show-secrets" in one_line(err)  # how to get the keys, on stderr
     assert "meshsec-gw-paris {" in out and "local_ts = 198.19.200.0/24" in out
-    assert 'secret = "REPLACE-WITH-THE-PAIR-PSK"' in out  # meshctl never sees pair keys
+    assert 'secret = "REPLACE-WITH-THE-PAIR-PSK"' in out  # keys only on explicit request
+    assert not controller.service.exports[-1].include_secrets
     assert out.count("{") == out.count("}")
     code, _, err = run(capsys, "export", "gw-paris", *controller.args())
     assert (

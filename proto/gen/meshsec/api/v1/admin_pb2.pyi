@@ -4,12 +4,20 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from meshsec.api.v1 import spec_pb2 as _spec_pb2
 from meshsec.api.v1 import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_SWANCTL: _ClassVar[ExportFormat]
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat
+EXPORT_FORMAT_SWANCTL: ExportFormat
 
 class ApplyRequest(_message.Message):
     __slots__ = ("spec_yaml", "filename", "dry_run")
@@ -226,3 +234,35 @@ class CAStatus(_message.Message):
     cas: _containers.RepeatedCompositeFieldContainer[CACertificate]
     reason: str
     def __init__(self, phase: _Optional[str] = ..., phase_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cas: _Optional[_Iterable[_Union[CACertificate, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ("name", "format", "include_secrets")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SECRETS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    format: ExportFormat
+    include_secrets: bool
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., include_secrets: _Optional[bool] = ...) -> None: ...
+
+class ExportFile(_message.Message):
+    __slots__ = ("path", "content")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    content: str
+    def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class ExportResponse(_message.Message):
+    __slots__ = ("config", "files", "has_secrets", "has_placeholders", "version")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    HAS_SECRETS_FIELD_NUMBER: _ClassVar[int]
+    HAS_PLACEHOLDERS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    config: str
+    files: _containers.RepeatedCompositeFieldContainer[ExportFile]
+    has_secrets: bool
+    has_placeholders: bool
+    version: int
+    def __init__(self, config: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ExportFile, _Mapping]]] = ..., has_secrets: _Optional[bool] = ..., has_placeholders: _Optional[bool] = ..., version: _Optional[int] = ...) -> None: ...

@@ -90,6 +90,11 @@ class AdminServiceStub:
                 request_serializer=meshsec_dot_v1_dot_admin__pb2.GetCARequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_admin__pb2.CAStatus.FromString,
                 _registered_method=True)
+        self.Export = channel.unary_unary(
+                '/meshsec.v1.AdminService/Export',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.ExportRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.ExportResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -173,6 +178,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Export(self, request, context):
+        """The configuration of an external node (`meshctl export NAME`): the mirror image of what its agent
+        peers were compiled to.  Pre-shared keys are included only when asked for (include_secrets); every
+        call is audit-logged (who, which node, whether secrets were included; never the keys).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -230,6 +244,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetCA,
                     request_deserializer=meshsec_dot_v1_dot_admin__pb2.GetCARequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_admin__pb2.CAStatus.SerializeToString,
+            ),
+            'Export': grpc.unary_unary_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.ExportRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.ExportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -529,6 +548,33 @@ class AdminService:
             '/meshsec.v1.AdminService/GetCA',
             meshsec_dot_v1_dot_admin__pb2.GetCARequest.SerializeToString,
             meshsec_dot_v1_dot_admin__pb2.CAStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/Export',
+            meshsec_dot_v1_dot_admin__pb2.ExportRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.ExportResponse.FromString,
             options,
             channel_credentials,
             insecure,
