@@ -1,5 +1,6 @@
 """Child SA records and the pure decisions around them: traffic selector narrowing (RFC 7296 §2.9),
-keying material split (§2.17) and the simultaneous-rekey tie-break (§2.8.1).
+which Child SA policy a request falls under, keying material split (§2.17) and the simultaneous-rekey
+tie-break (§2.8.1).
 
 Owns no I/O and sends nothing; session.py drives the exchanges. Sizes come from agent/esp transforms.
 """
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field
 
 from meshsec.agent.esp import transforms as esp_transforms
 
+from .config import ChildPolicy
 from .events import Addr, ChildSaEstablished
 from .payloads import TrafficSelector
-from .proposals import Suite
+from .proposals import ProposalSpec, Suite
 
 
 def keymat_sizes(s: Suite) -> tuple[int, int]:
@@ -39,6 +41,32 @@ def narrow(
             if x is not None and x not in out:
                 out.append(x)
     return tuple(out)
+
+
+def rank_policies(
+    policies: Sequence[ChildPolicy], tsi: Sequence[TrafficSelector], tsr: Sequence[TrafficSelector]
+) -> list[tuple[ChildPolicy, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]]:
+    """Responder side: (policy, narrowed TSi, narrowed TSr) for every policy the proposed selectors
+    overlap; those that contain the proposal unchanged first, then those that narrow it, each group
+    in configured order (a specific policy must not lose to a wider one listed earlier that narrows)."""
+    exact, narrowed = [], []
+    for p in policies:
+        ts_i, ts_r = narrow(tsi, p.remote_ts), narrow(tsr, p.local_ts)
+        if not ts_i or not ts_r:
+            continue
+        whole = set(ts_i) == set(tsi) and set(ts_r) == set(tsr)
+        (exact if whole else narrowed).append((p, ts_i, ts_r))
+    return exact + narrowed
+
+
+def policy_for(
+    policies: Sequence[ChildPolicy], tsl: Sequence[TrafficSelector], tsr: Sequence[TrafficSelector]
+) -> ChildPolicy | None:
+    """Initiator side: the first policy whose selectors contain the ones we are about to propose."""
+    for p in policies:
+        if all_within(tsl, p.local_ts) and all_within(tsr, p.remote_ts):
+            return p
+    return None
 
 
 def all_within(got: Sequence[TrafficSelector], offered: Sequence[TrafficSelector]) -> bool:
@@ -67,6 +95,8 @@ class ChildSa:
     # set when the peer rekeyed this SA while our own rekey of it was in flight (§2.8.1)
     collision: tuple[bytes, bytes] | None = None
     collision_child: ChildSa | None = None
+    policy: str = ""  # the ChildPolicy it was negotiated under; its rekeys offer the same
+    specs: tuple[ProposalSpec, ...] = field(default=(), repr=False)  # ESP proposals its rekeys offer
 
     @property
     def spi_in_int(self) -> int:

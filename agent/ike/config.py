@@ -1,6 +1,8 @@
 """Per-peer IKE configuration handed to an IkeSession (compiled by the agent from the pushed profile).
 
-Owns defaults and validation of the numbers; proposal strings are parsed by proposals.py.
+Owns defaults and validation of the numbers, and the Child SA policies (ChildPolicy): one IKE SA may
+carry children of different modes, proposals and selectors, as RFC 7296 §1.3.1/§2.9 allow; the
+responder matches each Child SA request against them.  Proposal strings are parsed by proposals.py.
 """
 
 from __future__ import annotations
@@ -13,6 +15,33 @@ from typing import Any
 from .constants import IdType
 from .events import Addr
 from .payloads import TrafficSelector
+
+MODES = ("tunnel", "transport")
+
+
+@dataclass(frozen=True)
+class ChildPolicy:
+    """One kind of Child SA this peer pair may have: its mode, ESP proposals and selectors.
+
+    The responder picks, for each Child SA request, the first policy whose selectors contain the
+    proposed ones (else the first that narrows them, RFC 7296 §2.9) and whose mode is the one asked
+    for (USE_TRANSPORT_MODE present or not).  Rekeys keep the policy of the SA they replace.
+    """
+
+    name: str
+    mode: str = "tunnel"
+    esp_proposals: Sequence[str] = ("aes128gcm16",)
+    local_ts: Sequence[TrafficSelector] = ()
+    remote_ts: Sequence[TrafficSelector] = ()
+    lifetime: float | None = None  # seconds; None: IkeConfig.child_lifetime
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"child {self.name!r}: mode {self.mode!r}: must be 'tunnel' or 'transport'")
+        if self.lifetime is not None and self.lifetime <= 0:
+            raise ValueError(f"child {self.name!r}: lifetime must be positive")
+        if not self.esp_proposals:
+            raise ValueError(f"child {self.name!r}: esp_proposals: at least one proposal")
 
 
 @dataclass
@@ -27,6 +56,10 @@ class IkeConfig:
     local_ts: Sequence[TrafficSelector] = ()
     remote_ts: Sequence[TrafficSelector] = ()
     mode: str = "tunnel"  # or "transport" (USE_TRANSPORT_MODE, RFC 7296 §1.3.1)
+    # Child SA policies. Empty: one implicit policy from mode/esp_proposals/local_ts/remote_ts (and a
+    # responder answers a transport request with a tunnel-mode SA, as before).  Given: the initiator
+    # proposes the first one in IKE_AUTH, and the responder matches every request against all of them.
+    children: Sequence[ChildPolicy] = ()
     ike_lifetime: float = 4 * 3600.0
     child_lifetime: float = 3600.0
     rekey_fraction: float = 0.9  # rekey at 90 % of the lifetime ...
@@ -37,7 +70,9 @@ class IkeConfig:
     retransmit_tries: int = 5
     half_open_timeout: float = 30.0
     seed: int | None = None  # for the jitter RNG; tests pass one for determinism
-    initial_contact: bool = True  # tell the peer to drop SAs it still holds from our previous run
+    # Tell the peer to drop SAs it still holds with us (RFC 7296 §2.4). Off by default: it is only
+    # right when we hold no other SA with the peer, which the owner knows (the runtime sets it).
+    initial_contact: bool = False
     # Certificate authentication (RFC 7427): sign with private_key and send cert_chain (leaf first);
     # verify peers against trust (certs.TrustStore) and revoked (certs.RevocationSet).
     private_key: Any = field(default=None, repr=False)
@@ -48,7 +83,7 @@ class IkeConfig:
     wall_clock: Callable[[float], float] = field(default=lambda now: time.time(), repr=False)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("tunnel", "transport"):
+        if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r}: must be 'tunnel' or 'transport'")
         if self.psk is None and self.private_key is None:
             raise ValueError("configure a psk or a private_key (with cert_chain) to authenticate ourselves")
@@ -58,6 +93,16 @@ class IkeConfig:
             raise ValueError("psk: use at least 16 octets of shared secret")
         if not self.ike_proposals or not self.esp_proposals:
             raise ValueError("ike_proposals/esp_proposals: at least one proposal each")
+        names = [c.name for c in self.children]
+        if len(set(names)) != len(names):
+            raise ValueError(f"children: names must be unique, got {names}")
+
+    def policies(self) -> tuple[ChildPolicy, ...]:
+        """The Child SA policies: the configured ones, or the one implied by the flat fields."""
+        if self.children:
+            return tuple(self.children)
+        esp, lts, rts = tuple(self.esp_proposals), tuple(self.local_ts), tuple(self.remote_ts)
+        return (ChildPolicy("", self.mode, esp, lts, rts),)
 
 
 def fqdn(name: str) -> tuple[int, bytes]:

@@ -204,7 +204,9 @@ class EstablishMixin:
         cfg = self.config
         assert self.sa.keys is not None
         spi_in = self._alloc_spi()
-        props = offer(self._esp_specs, spi_in, include_dh=False)
+        pol = self._policies[0]  # the first child policy rides in IKE_AUTH; the rest follow later
+        specs = self._policy_specs[pol.name]
+        props = offer(specs, spi_in, include_dh=False)
         idi = P.IDi(*cfg.local_id)
         pl: list[Any] = [idi]
         if isinstance(cfg.remote_id, tuple):
@@ -225,9 +227,9 @@ class EstablishMixin:
         pl += [*creds[:-1], *peerauth.certreqs(cfg), creds[-1]]
         if cfg.initial_contact:
             pl.append(P.Notify(Notify.INITIAL_CONTACT))
-        if cfg.mode == "transport":
+        if pol.mode == "transport":
             pl.append(P.Notify(Notify.USE_TRANSPORT_MODE))
-        tsi, tsr = tuple(cfg.local_ts), tuple(cfg.remote_ts)
+        tsi, tsr = tuple(pol.local_ts), tuple(pol.remote_ts)
         pl += [P.SA(props), P.TSi(tsi), P.TSr(tsr)]
         ctx = {
             "spi_in": spi_in,
@@ -237,6 +239,9 @@ class EstablishMixin:
             "dh": None,
             "ni": self._ni,
             "rekey": None,
+            "mode": pol.mode,
+            "specs": specs,
+            "policy": pol.name,
         }
         self._request(self.sa, Request(Exchange.IKE_AUTH, pl, self._on_auth_response, "auth", ctx), now)
 
@@ -258,6 +263,7 @@ class EstablishMixin:
         )
         if got is not None:
             self.peer_id = (int(got.id_type), got.data)
+            self.peer_cert = peerauth.authenticated_leaf(auths[0] if auths else None, P.find(inner, P.Cert))
         return why
 
     def _on_auth_request(self, msg: Message, inner: list[Any], now: float) -> None:

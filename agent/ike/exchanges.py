@@ -1,8 +1,9 @@
 """CREATE_CHILD_SA (new Child SA, Child SA rekey, IKE SA rekey) and INFORMATIONAL (DELETE, liveness).
 
-A mixin of IkeSession: owns Child SA negotiation (proposal choice, PFS, §2.9 narrowing, transport
-mode), make-before-break rekeying with the §2.8.1 simultaneous-rekey rule, IKE SA rekeying (§2.18)
-and deletion. Pure decisions live in child.py; no sockets, no clock.
+A mixin of IkeSession: owns Child SA negotiation (choice of child policy, proposal choice, PFS, §2.9
+narrowing, transport or tunnel mode per Child SA), make-before-break rekeying with the §2.8.1
+simultaneous-rekey rule, IKE SA rekeying (§2.18) and deletion. Pure decisions live in child.py; no
+sockets, no clock.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import Any
 
 from . import dh
 from . import payloads as P
-from .child import ChildSa, all_within, keymat_sizes, lowest_nonce_is_ours, narrow, split_keymat
+from .child import ChildSa, all_within, keymat_sizes, lowest_nonce_is_ours, rank_policies, split_keymat
+from .config import ChildPolicy
 from .constants import Exchange, Notify, Proto
 from .crypto import child_keymat, derive_ike_keys, rekey_skeyseed
 from .events import ChildSaDeleted, ChildSaFailed, ChildSaRekeyed, DpdRtt, IkeSaRekeyed
 from .message import Message
-from .proposals import ProposalError, Suite, check_answer, offer, select, suite
+from .proposals import ProposalError, ProposalSpec, Suite, check_answer, offer, select, suite
 from .sastate import GROUP, NONCE_LEN, IkeSaState, Request, notify_name
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,21 @@ class ExchangesMixin:
     """CREATE_CHILD_SA and INFORMATIONAL handlers of IkeSession."""
 
     def _accept_child(
-        self, inner: list[Any], ni: bytes, nr: bytes, now: float, ignore_dh: bool, nonce: bytes | None
+        self,
+        inner: list[Any],
+        ni: bytes,
+        nr: bytes,
+        now: float,
+        ignore_dh: bool,
+        nonce: bytes | None,
+        old: ChildSa | None = None,
     ) -> tuple[list[Any], ChildSa | None, str]:
-        """Responder side of a Child SA negotiation: (response payloads, new child or None, failure)."""
+        """Responder side of a Child SA negotiation: (response payloads, new child or None, failure).
+
+        The request is matched against the child policies: selectors first (TS_UNACCEPTABLE when no
+        policy overlaps them), then mode (USE_TRANSPORT_MODE or not) and ESP proposals
+        (NO_PROPOSAL_CHOSEN).  A rekey of `old` prefers old's policy and must keep its mode.
+        """
         cfg = self.config
         sas, tsis, tsrs = P.find(inner, P.SA), P.find(inner, P.TSi), P.find(inner, P.TSr)
         if not (sas and tsis and tsrs):
@@ -39,13 +53,59 @@ class ExchangesMixin:
                 None,
                 "INVALID_SYNTAX: Child SA request lacks SA/TSi/TSr",
             )
-        chosen = select(sas[0].proposals, self._esp_specs, Proto.ESP, b"", ignore_dh)
+        policies = list(self._policies)
+        if old is not None:  # the SA being replaced keeps its policy when it still fits
+            policies.sort(key=lambda p: p.name != old.policy)
+        ranked = rank_policies(policies, tsis[0].selectors, tsrs[0].selectors)
+        if not ranked:
+            why = (
+                "TS_UNACCEPTABLE: proposed TSi "
+                + ", ".join(map(str, tsis[0].selectors))
+                + " / TSr "
+                + ", ".join(map(str, tsrs[0].selectors))
+                + " outside policy"
+            )
+            log.warning("IKE %s: %s", self.sa.name, why)
+            return [P.Notify(Notify.TS_UNACCEPTABLE)], None, why
+        wants_transport = Notify.USE_TRANSPORT_MODE in P.notifies(inner)
+        asked = "transport" if wants_transport else "tunnel"
+        if cfg.children:
+            fits = [r for r in ranked if r[0].mode == asked and (old is None or old.mode == asked)]
+            if not fits:
+                allowed = ", ".join(f"{r[0].name} ({r[0].mode})" for r in ranked)
+                why = f"NO_PROPOSAL_CHOSEN: peer asked for {asked} mode; its selectors match {allowed}"
+                if old is not None and old.mode != asked:
+                    why = f"NO_PROPOSAL_CHOSEN: rekey asks for {asked} mode, the SA it replaces is {old.mode}"
+                log.warning("IKE %s: %s", self.sa.name, why)
+                return [P.Notify(Notify.NO_PROPOSAL_CHOSEN)], None, why
+        else:  # one implicit policy: a transport request to a tunnel policy gets tunnel mode (§1.3.1)
+            fits = ranked[:1]
+            if fits[0][0].mode == "transport" and not wants_transport:
+                why = "NO_PROPOSAL_CHOSEN: peer asked for tunnel mode, policy requires transport mode"
+                log.warning("IKE %s: %s", self.sa.name, why)
+                return [P.Notify(Notify.NO_PROPOSAL_CHOSEN)], None, why
+
+        def specs_of(pol: ChildPolicy) -> tuple[ProposalSpec, ...]:
+            # a rekey also accepts what the SA it replaces was created with (e.g. by an explicit
+            # create_child(esp_proposals=...) on our side)
+            if old is not None and old.specs and pol.name == old.policy:
+                extra = [x for x in self._policy_specs[pol.name] if x.text not in {o.text for o in old.specs}]
+                return (*old.specs, *extra)
+            return self._policy_specs[pol.name]
+
+        chosen = None
+        for fit in fits:
+            chosen = select(sas[0].proposals, specs_of(fit[0]), Proto.ESP, b"", ignore_dh)
+            if chosen is not None:
+                break
         if chosen is None:
-            why = "NO_PROPOSAL_CHOSEN: no offered ESP proposal matches " + ", ".join(
-                s.text for s in self._esp_specs
+            why = "NO_PROPOSAL_CHOSEN: no offered ESP proposal matches " + "; ".join(
+                ", ".join(s.text for s in specs_of(f[0])) for f in fits
             )
             log.warning("IKE %s: %s", self.sa.name, why)
             return [P.Notify(Notify.NO_PROPOSAL_CHOSEN)], None, why
+        pol, ts_remote, ts_local = fit
+        mode = "transport" if wants_transport and pol.mode == "transport" else "tunnel"
         theirs = next(p for p in sas[0].proposals if p.num == chosen.num and p.protocol == Proto.ESP)
         if len(theirs.spi) != 4:
             return [P.Notify(Notify.INVALID_SYNTAX)], None, "INVALID_SYNTAX: ESP proposal SPI is not 4 octets"
@@ -64,29 +124,23 @@ class ExchangesMixin:
             except dh.DhError as exc:
                 return [P.Notify(Notify.INVALID_SYNTAX)], None, f"INVALID_SYNTAX: {exc}"
             ke_out = [P.KE(x.group, x.public_bytes())]
-        ts_remote = narrow(tsis[0].selectors, cfg.remote_ts)
-        ts_local = narrow(tsrs[0].selectors, cfg.local_ts)
-        if not ts_remote or not ts_local:
-            why = (
-                "TS_UNACCEPTABLE: proposed TSi "
-                + ", ".join(map(str, tsis[0].selectors))
-                + " / TSr "
-                + ", ".join(map(str, tsrs[0].selectors))
-                + " outside policy"
-            )
-            log.warning("IKE %s: %s", self.sa.name, why)
-            return [P.Notify(Notify.TS_UNACCEPTABLE)], None, why
-        wants_transport = Notify.USE_TRANSPORT_MODE in P.notifies(inner)
-        if cfg.mode == "transport" and not wants_transport:
-            why = "NO_PROPOSAL_CHOSEN: peer asked for tunnel mode, policy requires transport mode"
-            log.warning("IKE %s: %s", self.sa.name, why)
-            return [P.Notify(Notify.NO_PROPOSAL_CHOSEN)], None, why
-        mode = "transport" if wants_transport and cfg.mode == "transport" else "tunnel"
         spi_in = self._alloc_spi()  # only now: a refused request must not hold an SPI
         chosen = P.Proposal(chosen.num, chosen.protocol, spi_in, chosen.transforms)
         child = self._make_child(
-            st, ni, nr, gir, spi_in, theirs.spi, mode, ts_local, ts_remote, now, we_initiated=False
+            st,
+            ni,
+            nr,
+            gir,
+            spi_in,
+            theirs.spi,
+            mode,
+            ts_local,
+            ts_remote,
+            now,
+            we_initiated=False,
+            policy=pol.name,
         )
+        child.specs = specs_of(pol)
         out: list[Any] = [P.Notify(Notify.USE_TRANSPORT_MODE)] if mode == "transport" else []
         out.append(P.SA((chosen,)))
         if nonce is not None:
@@ -107,13 +161,16 @@ class ExchangesMixin:
         ts_remote: tuple[P.TrafficSelector, ...],
         now: float,
         we_initiated: bool,
+        policy: str = "",
     ) -> ChildSa:
         assert self.sa.keys is not None
         _, per_dir = keymat_sizes(st)
         km = child_keymat(self._prf_id(), self.sa.keys.sk_d, ni, nr, 2 * per_dir, gir)
         kin, kout = split_keymat(km, per_dir, we_initiated)
-        rekey_at, expire_at = self._child_times(now)
-        return ChildSa(spi_in, spi_out, st, mode, ts_local, ts_remote, kin, kout, now, rekey_at, expire_at)
+        rekey_at, expire_at = self._child_times(now, self._policy_life.get(policy))
+        c = ChildSa(spi_in, spi_out, st, mode, ts_local, ts_remote, kin, kout, now, rekey_at, expire_at)
+        c.policy = policy
+        return c
 
     def _complete_child(
         self, ctx: dict[str, Any], inner: list[Any], ni: bytes, nr: bytes, now: float, ignore_dh: bool
@@ -146,9 +203,7 @@ class ExchangesMixin:
         if not all_within(tsis[0].selectors, ctx["tsi"]) or not all_within(tsrs[0].selectors, ctx["tsr"]):
             return "TS_UNACCEPTABLE: responder returned traffic selectors wider than we proposed"
         mode = "transport" if Notify.USE_TRANSPORT_MODE in n else "tunnel"
-        if mode != self.config.mode:
-            return f"responder chose {mode} mode, policy requires {self.config.mode}"
-        return self._make_child(
+        child = self._make_child(
             st,
             ni,
             nr,
@@ -160,7 +215,17 @@ class ExchangesMixin:
             tsrs[0].selectors,
             now,
             we_initiated=True,
+            policy=ctx["policy"],
         )
+        child.specs = ctx["specs"]
+        if mode != ctx["mode"]:
+            # §1.3.1: the responder declined transport mode; the SA exists on its side and an
+            # initiator that cannot use it MUST delete it.
+            self._reserved.discard(child.spi_in)
+            self.children[child.spi_in] = child
+            self._delete_children([child], now, "mode refused", announce=False)
+            return f"responder chose {mode} mode, policy requires {ctx['mode']}"
+        return child
 
     def _child_event(self, c: ChildSa) -> Any:
         assert self.remote is not None
@@ -170,7 +235,7 @@ class ExchangesMixin:
             self.encap,
             self.nat_local,
             self.nat_remote,
-            self.config.child_lifetime,
+            c.expire_at - c.created,  # its policy's lifetime
         )
 
     def _child_result(self, child: ChildSa | None, reason: str, old: ChildSa | None) -> None:
@@ -202,16 +267,20 @@ class ExchangesMixin:
         old: ChildSa | None,
         group: int | None,
         retried: bool = False,
+        *,
+        mode: str,
+        specs: tuple[ProposalSpec, ...],
+        policy: str,
     ) -> None:
         spi_in = self._alloc_spi()
-        props = offer(self._esp_specs, spi_in, include_dh=True)
-        pfs = group or next((g for s in self._esp_specs for g in s.dh_groups), None)
+        props = offer(specs, spi_in, include_dh=True)
+        pfs = group or next((g for s in specs for g in s.dh_groups), None)
         x = dh.new(pfs) if pfs else None
         ni = os.urandom(NONCE_LEN)
         pl: list[Any] = []
         if old is not None:
             pl.append(P.Notify(Notify.REKEY_SA, Proto.ESP, old.spi_in))
-        if self.config.mode == "transport":
+        if mode == "transport":
             pl.append(P.Notify(Notify.USE_TRANSPORT_MODE))
         pl += [P.SA(props), P.Nonce(ni)]
         if x is not None:
@@ -227,6 +296,9 @@ class ExchangesMixin:
             "rekey": old,
             "group": pfs,
             "retried": retried,
+            "mode": mode,
+            "specs": specs,
+            "policy": policy,
         }
         self._request(
             self.sa, Request(Exchange.CREATE_CHILD_SA, pl, self._on_create_child_response, "child", ctx), now
@@ -239,10 +311,20 @@ class ExchangesMixin:
         if Notify.INVALID_KE_PAYLOAD in n and not ctx.get("retried"):
             data = n[Notify.INVALID_KE_PAYLOAD].data
             g = GROUP.unpack(data[:2])[0] if len(data) >= 2 else 0
-            if g in {x for s in self._esp_specs for x in s.dh_groups} and g != ctx["group"]:
+            if g in {x for s in ctx["specs"] for x in s.dh_groups} and g != ctx["group"]:
                 log.info("IKE %s: peer wants PFS group %d; retrying CREATE_CHILD_SA", self.sa.name, g)
                 self._release_spi(ctx["spi_in"])
-                self._send_create_child(now, ctx["tsi"], ctx["tsr"], old, g, retried=True)
+                self._send_create_child(
+                    now,
+                    ctx["tsi"],
+                    ctx["tsr"],
+                    old,
+                    g,
+                    retried=True,
+                    mode=ctx["mode"],
+                    specs=ctx["specs"],
+                    policy=ctx["policy"],
+                )
                 return
         nonces = P.find(inner, P.Nonce)
         res: ChildSa | str
@@ -307,19 +389,22 @@ class ExchangesMixin:
                 return
         nr = os.urandom(NONCE_LEN)
         ni = nonces[0].data
-        out, child, reason = self._accept_child(inner, ni, nr, now, ignore_dh=False, nonce=nr)
+        out, child, reason = self._accept_child(inner, ni, nr, now, ignore_dh=False, nonce=nr, old=old)
         self._respond(sa, msg, out)
         if child is not None and old is not None and old.state == "rekeying":
             old.collision = (ni, nr)  # both of us are rekeying `old`: decide when our exchange completes
         self._child_result(child, reason, old)
 
-    def _delete_children(self, children: list[ChildSa], now: float, reason: str) -> None:
+    def _delete_children(
+        self, children: list[ChildSa], now: float, reason: str, announce: bool = True
+    ) -> None:
+        """DELETE Child SAs; `announce` False for one our owner never heard of (refused mode)."""
         for c in children:
             c.state = "deleting"
 
         def done(req: Request, msg: Message, inner: list[Any], now: float) -> None:
             for c in children:
-                if self._forget_child(c):
+                if self._forget_child(c) and announce:
                     self._emit(ChildSaDeleted(c.spi_in_int, c.spi_out_int, reason))
 
         pl = [P.Delete(Proto.ESP, tuple(c.spi_in for c in children))]

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cryptography import x509
+
 from . import auth, certs
 from . import payloads as P
 from .config import IkeConfig
@@ -121,3 +123,18 @@ def check_peer(
     except (auth.AuthError, certs.CertificateError) as exc:
         return None, str(exc)
     return got, None
+
+
+def authenticated_leaf(au: P.Auth | None, cert_payloads: Sequence[P.Cert]) -> x509.Certificate | None:
+    """The leaf certificate the peer authenticated with, for a peer check_peer accepted (None for PSK).
+
+    The session keeps it so that its owner can act on revocations pushed after the SA is up (RFC 7296
+    leaves that to local policy; the meshsec agent tears such SAs down).
+    """
+    if au is None or au.method != AuthMethod.DIGITAL_SIGNATURE or not cert_payloads:
+        return None
+    try:
+        leaf, _ = certs.chain_from_cert_payloads([(c.encoding, c.data) for c in cert_payloads])
+    except certs.CertificateError:
+        return None
+    return leaf

@@ -17,23 +17,24 @@ import logging
 import os
 import random
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from math import inf
 from typing import Any
 
+from cryptography import x509
 from meshsec.agent.esp import transforms as esp_transforms
 
 from . import dh
 from . import payloads as P
-from .child import ChildSa
-from .config import IkeConfig
+from .child import ChildSa, policy_for
+from .config import MODES, IkeConfig
 from .constants import IKE_PORT, NATT_PORT, Exchange, Flag, Notify, Proto, TransformType
 from .crypto import IntegrityError
 from .establish import EstablishMixin
 from .events import Addr, ChildSaDeleted, Event, IkeSaDeleted, IkeSaFailed, PeerDead
 from .exchanges import ExchangesMixin
 from .message import Message, decrypt_message, encode_encrypted, encode_plain, parse_message
-from .proposals import offer, parse_proposals
+from .proposals import ProposalSpec, offer, parse_proposals
 from .sastate import ERROR_STATES, NONCE_LEN, IkeSaState, Request, exchange_name, nat_hash
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,11 @@ class IkeSession(EstablishMixin, ExchangesMixin):
     ) -> None:
         self.config = config
         self._ike_specs = parse_proposals(config.ike_proposals, Proto.IKE)
-        self._esp_specs = parse_proposals(config.esp_proposals, Proto.ESP)
-        for spec in self._esp_specs:  # refuse at configuration time what the ESP core cannot do
-            integs = spec.transforms.get(TransformType.INTEG, (P.Transform(3, 0),))
-            for e in spec.transforms[TransformType.ENCR]:
-                for i in integs:
-                    try:
-                        esp_transforms.transform_spec(e.id, e.key_bits or 256, i.id)
-                    except esp_transforms.TransformError as exc:
-                        raise ValueError(f"esp proposal {spec.text!r}: {exc}") from None
+        self._esp_specs = _esp_specs(config.esp_proposals)
+        self._policies = config.policies()
+        # ESP proposals per child policy (by name; the implicit policy is "")
+        self._policy_specs = {p.name: tuple(_esp_specs(p.esp_proposals)) for p in self._policies}
+        self._policy_life = {p.name: p.lifetime for p in self._policies if p.lifetime}
         self.initiator = initiator
         self.remote: Addr | None = config.remote_addr
         self.local_port = local_port
@@ -72,6 +69,9 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         self.nat_local = False
         self.nat_remote = False
         self.peer_id: tuple[int, bytes] | None = None
+        # the leaf certificate the peer authenticated with (certificate auth; None with a PSK): the
+        # owner checks it against revocations pushed after the SA is up
+        self.peer_cert: x509.Certificate | None = None
         self.initial_contact = False  # the peer sent INITIAL_CONTACT in IKE_AUTH (responder side)
         self.spi_alloc: Callable[[], bytes] = self._random_child_spi  # the dispatcher shares a host-wide one
         self.spi_free: Callable[[bytes], None] = lambda spi: None
@@ -181,16 +181,28 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         now: float,
         local_ts: list[P.TrafficSelector] | None = None,
         remote_ts: list[P.TrafficSelector] | None = None,
+        *,
+        mode: str | None = None,
+        esp_proposals: Sequence[str] | None = None,
     ) -> None:
-        """Negotiate an additional Child SA with CREATE_CHILD_SA."""
+        """Negotiate an additional Child SA with CREATE_CHILD_SA.
+
+        Selectors default to the first child policy's; mode and ESP proposals default to those of the
+        policy whose selectors contain the requested ones (else the first policy).  One IKE SA may so
+        carry transport and tunnel children side by side (RFC 7296 §1.3.1: mode is per Child SA).
+        """
         self._require_established()
-        self._send_create_child(
-            now,
-            tuple(local_ts or self.config.local_ts),
-            tuple(remote_ts or self.config.remote_ts),
-            None,
-            None,
-        )
+        first = self._policies[0]
+        tsl = tuple(local_ts or first.local_ts)
+        tsr = tuple(remote_ts or first.remote_ts)
+        pol = policy_for(self._policies, tsl, tsr) or first
+        mode = mode or pol.mode
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: must be 'tunnel' or 'transport'")
+        specs = tuple(_esp_specs(esp_proposals)) if esp_proposals else self._policy_specs[pol.name]
+        if not specs:
+            raise ValueError("esp_proposals: at least one proposal")
+        self._send_create_child(now, tsl, tsr, None, None, mode=mode, specs=specs, policy=pol.name)
 
     def rekey_child(self, now: float, spi_in: int | None = None) -> None:
         """Rekey one Child SA (make-before-break); `spi_in` None means the first installed one."""
@@ -206,7 +218,17 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         if child is None:
             raise KeyError(f"no installed Child SA with inbound SPI {spi_in}")
         child.state = "rekeying"
-        self._send_create_child(now, child.ts_local, child.ts_remote, child, None)
+        # §2.8: the new SA keeps the old one's mode (USE_TRANSPORT_MODE again) and proposals
+        self._send_create_child(
+            now,
+            child.ts_local,
+            child.ts_remote,
+            child,
+            None,
+            mode=child.mode,
+            specs=child.specs or self._policy_specs.get(child.policy, tuple(self._esp_specs)),
+            policy=child.policy,
+        )
 
     def rekey_ike(self, now: float, group: int | None = None) -> None:
         """Rekey the IKE SA itself (RFC 7296 §2.18); Child SAs move to the new SA."""
@@ -457,8 +479,8 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         life = self.config.ike_lifetime
         return self._jittered(now, life), now + life
 
-    def _child_times(self, now: float) -> tuple[float, float]:
-        life = self.config.child_lifetime
+    def _child_times(self, now: float, life: float | None = None) -> tuple[float, float]:
+        life = life or self.config.child_lifetime
         return self._jittered(now, life), now + life
 
     def _jittered(self, now: float, life: float) -> float:
@@ -578,6 +600,20 @@ class IkeSession(EstablishMixin, ExchangesMixin):
                 self.state,
             )
             self._respond(sa, msg, [P.Notify(Notify.INVALID_SYNTAX)])
+
+
+def _esp_specs(texts: Sequence[str]) -> list[ProposalSpec]:
+    """Parse ESP proposals, refusing at configuration time what the ESP core cannot do."""
+    specs = parse_proposals(texts, Proto.ESP)
+    for spec in specs:
+        integs = spec.transforms.get(TransformType.INTEG, (P.Transform(3, 0),))
+        for e in spec.transforms[TransformType.ENCR]:
+            for i in integs:
+                try:
+                    esp_transforms.transform_spec(e.id, e.key_bits or 256, i.id)
+                except esp_transforms.TransformError as exc:
+                    raise ValueError(f"esp proposal {spec.text!r}: {exc}") from None
+    return specs
 
 
 __all__ = ["IkeSession", "nat_hash"]

@@ -1,9 +1,10 @@
 """Pure translations between the desired state, the IKE engine and the ESP core.
 
-Owns: PeerConfig -> ike.IkeConfig (proposals, PSK or certificate credentials, identities, traffic
-selectors, mode, lifetimes, DPD), traffic selector conversions (CIDR text <-> IKE address ranges <->
-ESP prefix selectors), which configured child a negotiated Child SA belongs to, and
-ChildSaEstablished -> the two esp.SaParams.  No I/O: credentials are passed in already loaded.
+Owns: PeerConfig -> ike.IkeConfig (proposals, PSK or certificate credentials, identities, one
+ChildPolicy per child with its own mode, proposals and traffic selectors, lifetimes, DPD), traffic
+selector conversions (CIDR text <-> IKE address ranges <-> ESP prefix selectors), which configured
+child a negotiated Child SA belongs to, and ChildSaEstablished -> the two esp.SaParams.  No I/O:
+credentials are passed in already loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from meshsec.agent.esp import Lifetime, Mode, SaParams, TrafficSelector, TransportAddresses
 from meshsec.agent.ike import certs
-from meshsec.agent.ike.config import IkeConfig
+from meshsec.agent.ike.config import ChildPolicy, IkeConfig
 from meshsec.agent.ike.events import Addr, ChildSaEstablished
 from meshsec.agent.ike.identity import Identity, IdentityPattern
 from meshsec.agent.ike.payloads import TrafficSelector as IkeTs
@@ -110,20 +111,16 @@ def ike_config(
     credentials: Credentials | None = None,
     responder: bool = False,
 ) -> IkeConfig:
-    """The IKE settings for `peer`.  A responder accepts the union of its children's selectors (of
-    the first child's mode); an initiator proposes the first child in IKE_AUTH and the rest later."""
+    """The IKE settings for `peer`: one ChildPolicy per configured child (its own mode, ESP proposals
+    and selectors), so one IKE SA carries transport and tunnel children side by side.  An initiator
+    proposes the first child in IKE_AUTH and the rest with CREATE_CHILD_SA; a responder matches each
+    request against every child.  `responder` is kept for callers; both ends get the same policies."""
     if not peer.children:
         raise ConfigError(f"peer {peer.name}: no children configured")
-    first = peer.children[0]
-    mode = "transport" if first.mode == spec_pb2.MODE_TRANSPORT else "tunnel"
-    same = [c for c in peer.children if c.mode == first.mode] if responder else [first]
-    try:
-        local_ts = [t for c in same for t in ike_ts(c.local_ts)]
-        remote_ts = [t for c in same for t in ike_ts(c.remote_ts)]
-    except ValueError as exc:
-        raise ConfigError(f"peer {peer.name}: bad traffic selector: {exc}") from None
+    policies = child_policies(peer)
+    first = policies[0]
     ike_life, ike_fraction, ike_jitter = _lifetime(peer.ike.lifetime, DEFAULT_IKE_LIFE)
-    child_life, _, _ = _lifetime(first.lifetime, DEFAULT_CHILD_LIFE)
+    child_life, _, _ = _lifetime(peer.children[0].lifetime, DEFAULT_CHILD_LIFE)
     first_rt, base, tries = _retransmits(peer.ike.dpd_timeout_seconds)
     kwargs: dict[str, Any] = {}
     if peer.auth == spec_pb2.AUTH_METHOD_PSK:
@@ -154,10 +151,11 @@ def ike_config(
             local_id=local_id,
             remote_id=remote_id,
             ike_proposals=tuple(peer.ike.proposals) or DEFAULT_IKE_PROPOSALS,
-            esp_proposals=tuple(first.esp_proposals) or DEFAULT_ESP_PROPOSALS,
-            local_ts=local_ts,
-            remote_ts=remote_ts,
-            mode=mode,
+            esp_proposals=tuple(first.esp_proposals),
+            local_ts=list(first.local_ts),
+            remote_ts=list(first.remote_ts),
+            mode=first.mode,
+            children=policies,
             ike_lifetime=ike_life,
             child_lifetime=child_life,
             rekey_fraction=ike_fraction,
@@ -170,6 +168,36 @@ def ike_config(
         )
     except ValueError as exc:
         raise ConfigError(f"peer {peer.name}: {exc}") from None
+
+
+def child_mode(child: config_pb2.ChildSaConfig) -> str:
+    return "transport" if child.mode == spec_pb2.MODE_TRANSPORT else "tunnel"
+
+
+def child_policies(peer: config_pb2.PeerConfig) -> list[ChildPolicy]:
+    """The engine's Child SA policies, one per configured child, in the controller's order."""
+    out = []
+    for c in peer.children:
+        try:
+            local_ts, remote_ts = ike_ts(c.local_ts), ike_ts(c.remote_ts)
+        except ValueError as exc:
+            raise ConfigError(f"peer {peer.name}: child {c.name}: bad traffic selector: {exc}") from None
+        if not local_ts or not remote_ts:
+            raise ConfigError(f"peer {peer.name}: child {c.name}: local_ts and remote_ts must not be empty")
+        try:
+            out.append(
+                ChildPolicy(
+                    name=c.name,
+                    mode=child_mode(c),
+                    esp_proposals=tuple(c.esp_proposals) or DEFAULT_ESP_PROPOSALS,
+                    local_ts=local_ts,
+                    remote_ts=remote_ts,
+                    lifetime=_lifetime(c.lifetime, DEFAULT_CHILD_LIFE)[0],
+                )
+            )
+        except ValueError as exc:
+            raise ConfigError(f"peer {peer.name}: {exc}") from None
+    return out
 
 
 def _cert_id(credentials: Credentials | None) -> tuple[int, bytes]:
@@ -197,9 +225,17 @@ def endpoints(peer: config_pb2.PeerConfig, default_port: int = 500) -> list[Addr
     return out
 
 
-def child_for(peer: config_pb2.PeerConfig, ts_local: Sequence[IkeTs], ts_remote: Sequence[IkeTs]) -> str:
-    """The name of the configured child whose selectors contain the negotiated ones ("" if none)."""
+def child_for(
+    peer: config_pb2.PeerConfig,
+    ts_local: Sequence[IkeTs],
+    ts_remote: Sequence[IkeTs],
+    mode: str | None = None,
+) -> str:
+    """The name of the configured child whose selectors contain the negotiated ones ("" if none);
+    with `mode`, only children of that mode (their selectors may overlap across modes)."""
     for c in peer.children:
+        if mode is not None and child_mode(c) != mode:
+            continue
         try:
             lc, rc = ike_ts(c.local_ts), ike_ts(c.remote_ts)
         except ValueError:

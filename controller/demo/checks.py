@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from meshsec.api.v1 import admin_pb2, status_pb2
+from meshsec.api.v1 import admin_pb2, spec_pb2, status_pb2
 
 ChildKey = tuple[str, str, str]  # (node, peer, child SA name)
 
@@ -35,10 +35,17 @@ class SaProblem:
     text: str
 
 
+def _mode(mode: int) -> str:
+    return "transport" if mode == spec_pb2.MODE_TRANSPORT else "tunnel"
+
+
 def sa_problems(
-    expected: dict[str, dict[str, set[str]]], status: admin_pb2.GetStatusResponse
+    expected: dict[str, dict[str, set[str]]],
+    status: admin_pb2.GetStatusResponse,
+    modes: dict[str, str] | None = None,
 ) -> list[SaProblem]:
-    """Every expected IKE SA established and every expected child SA installed, as each node reports it.
+    """Every expected IKE SA established and every expected child SA installed, as each node reports it,
+    and (with `modes`, child SA name -> "transport"|"tunnel") in the mode its policy says.
 
     Empty means all up.  Both ends must report (each side's view is checked), so a half-open SA shows.
     """
@@ -74,7 +81,24 @@ def sa_problems(
                     problems.append(SaProblem(node, f"{node} → {peer}: child SA {name!r} missing{why}"))
                 elif c.state not in (status_pb2.CHILD_SA_STATE_INSTALLED, status_pb2.CHILD_SA_STATE_REKEYING):
                     problems.append(SaProblem(node, f"{node} → {peer}: child SA {name!r} {_child(c.state)}"))
+                elif modes and name in modes and _mode(c.mode) != modes[name]:
+                    text = (
+                        f"{node} → {peer}: child SA {name!r} is in {_mode(c.mode)} mode, want {modes[name]}"
+                    )
+                    problems.append(SaProblem(node, text))
     return problems
+
+
+def shared_ike_sas(status: admin_pb2.GetStatusResponse) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(node, peer, [(child SA, mode), ...]) for every peer with more than one child SA on its IKE SA,
+    each pair once (from the node with the lower name): where transport and tunnel mode share an SA."""
+    out = []
+    for n in sorted(status.nodes, key=lambda n: n.node):
+        for p in sorted(n.peers, key=lambda p: p.peer):
+            names = sorted({(c.name, _mode(c.mode)) for c in p.children})
+            if n.node < p.peer and len(names) > 1:
+                out.append((n.node, p.peer, names))
+    return out
 
 
 def count_sas(expected: dict[str, dict[str, set[str]]]) -> tuple[int, int]:

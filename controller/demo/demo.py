@@ -310,7 +310,7 @@ class Demo:
             while True:
                 self._check_agents_alive()
                 status = self._status()
-                problems = checks.sa_problems(self.expected, status)
+                problems = checks.sa_problems(self.expected, status, self.plan.modes())
                 if problems:
                     up_since = None
                 elif up_since is None:
@@ -325,7 +325,13 @@ class Demo:
                         self.agents[first.node].log,
                     )
                 time.sleep(0.3)
-            s.detail = f"{_n(ike, 'IKE SA')}, {_n(child, 'child SA pair')}, as every agent reports them"
+            s.detail = (
+                f"{_n(ike, 'IKE SA')}, {_n(child, 'child SA pair')}, as every agent reports them, "
+                "each in its policy's mode"
+            )
+        for node, peer, children in checks.shared_ike_sas(status):
+            kinds = " and ".join(f"{name} ({mode})" for name, mode in children)
+            self.ui.line(f"  {node} ⇄ {peer}: one IKE SA carrying {kinds}")
 
     def _fresh_status(self, after: float, timeout: float = 6.0) -> admin_pb2.GetStatusResponse:
         """A status in which every node has reported since `after` (wall clock, seconds)."""

@@ -20,7 +20,7 @@ MIN_NODES = 2  # two site gateways
 MAX_NODES = 12  # every agent is a Python process on one machine
 UNDERLAY = ipaddress.ip_network("198.18.0.0/24")
 SITE_NETS = (ipaddress.ip_network("198.19.1.0/24"), ipaddress.ip_network("198.19.2.0/24"))
-HOSTS_POLICY = "hosts"  # full mesh, transport mode, between the hosts' underlay addresses
+HOSTS_POLICY = "hosts"  # full mesh of every host, transport mode, between the underlay addresses
 SITES_POLICY = "sites"  # tunnel mode between the two site LANs, through their gateways
 
 
@@ -57,15 +57,14 @@ class DemoPlan:
         return next(h for h in self.hosts if h.name == name)
 
     def mesh_yaml(self) -> str:
-        """The spec the demo applies: hosts meshed in transport mode, site LANs tunnelled.
+        """The spec the demo applies: every host meshed in transport mode, the site LANs tunnelled.
 
-        The two gateways reach each other through their tunnel-mode child SA, which also carries their
-        own addresses (each gateway's /32 is one of its subnets): one IKE SA per pair carries one mode
-        in this release, so the hosts policy lists every pair but the gateway pair explicitly.
+        The two gateways are in both policies, so their one IKE SA carries two child SAs: `hosts`
+        (transport, gateway to gateway) and `sites` (tunnel, LAN to LAN).
         """
         lines = [
             "# meshsec demo: hosts talk to each other in transport mode (host to host, ESP between the",
-            "# underlay addresses); the two site LANs -- and their gateways -- talk in tunnel mode.",
+            "# underlay addresses); the two site LANs talk in tunnel mode through their gateways.",
             "apiVersion: meshsec.io/v1",
             "kind: Mesh",
             "sites:",
@@ -76,18 +75,13 @@ class DemoPlan:
         for h in self.hosts:
             lines += [f"  - name: {h.name}", f'    endpoints: ["{h.underlay}"]']
             if h.site:
-                lines += [
-                    f"    site: {h.site}",
-                    f"    subnets: [{h.underlay}/32]",
-                    "    labels: {role: gateway}",
-                ]
-        lines.append("policies:")
-        pairs = self.transport_pairs()
-        if pairs:
-            lines += [f"  - name: {HOSTS_POLICY}", "    topology: pairs", "    pairs:"]
-            lines += [f"      - [{a}, {b}]" for a, b in pairs]
-            lines.append("    mode: transport")
+                lines += [f"    site: {h.site}", "    labels: {role: gateway}"]
         lines += [
+            "policies:",
+            f"  - name: {HOSTS_POLICY}",
+            "    topology: full-mesh",
+            "    members: {all: true}",
+            "    mode: transport",
             f"  - name: {SITES_POLICY}",
             "    topology: full-mesh",
             "    members: {labels: {role: gateway}}",
@@ -95,14 +89,9 @@ class DemoPlan:
         ]
         return "\n".join(lines) + "\n"
 
-    def transport_pairs(self) -> list[tuple[str, str]]:
-        """Every pair of hosts except the gateway pair (which the site tunnel carries)."""
-        return [
-            (a.name, b.name)
-            for i, a in enumerate(self.hosts)
-            for b in self.hosts[i + 1 :]
-            if not (a.site and b.site)
-        ]
+    def modes(self) -> dict[str, str]:
+        """Child SA name -> the mode it must be installed in."""
+        return {HOSTS_POLICY: "transport", SITES_POLICY: "tunnel"}
 
     def spec(self) -> spec_pb2.MeshSpec:
         return load_spec(self.mesh_yaml(), "demo-mesh.yaml")
@@ -117,10 +106,7 @@ class DemoPlan:
     def ping_pairs(self) -> list[tuple[str, str, str, str]]:
         """(from namespace role, to role, destination address, child SA that must carry it)."""
         pairs = [
-            (a.name, b.name, b.underlay, SITES_POLICY if a.site and b.site else HOSTS_POLICY)
-            for a in self.hosts
-            for b in self.hosts
-            if a is not b
+            (a.name, b.name, b.underlay, HOSTS_POLICY) for a in self.hosts for b in self.hosts if a is not b
         ]
         for a in self.lans:
             for b in self.lans:

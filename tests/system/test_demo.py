@@ -1,7 +1,9 @@
 """`meshsec demo` as a user runs it: a real controller, real agents in real namespaces, real traffic.
 
-Proves: the demo brings a 3-host mesh up with every SA established, a green ping matrix (every pair
-through its ESP SA) and an iperf3 run through the site tunnel, then removes every namespace, process
+Proves: the demo brings a 3-host mesh up with every SA established in its policy's mode (the agents'
+status says transport for host to host, tunnel for the site LANs, and the gateway pair's one IKE SA
+carries both), a green ping matrix (every pair through its ESP SA) and an iperf3 run through the site
+tunnel, then removes every namespace, process
 and file it made; and that a SIGTERM in the middle of bring-up also leaves nothing behind.
 """
 
@@ -109,6 +111,11 @@ def test_demo_brings_up_a_green_mesh_and_removes_everything() -> None:
     assert "✗" not in out, out
     matrix = out[out.index("hosts, transport mode") : out.index("✓ ping matrix")]
     assert matrix.count("✓ 3/3") == 3 * 2 + 2, matrix  # every ordered host pair, both LAN directions
+    # the SA step checks each child's mode as the agents report it; the gateways share one IKE SA
+    assert re.search(
+        r"^✓ every IKE and child SA up — 3 IKE SAs, 4 child SA pairs, .*each in its policy's mode", out, re.M
+    ), out
+    assert "host-1 ⇄ host-2: one IKE SA carrying hosts (transport) and sites (tunnel)" in out, out
     assert listeners and all(a.startswith("127.0.0.1:") for a in listeners), listeners  # etcd only
     assert _leftovers(proc.pid, _workdir(out)) == []
 

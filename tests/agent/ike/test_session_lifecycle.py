@@ -415,6 +415,7 @@ def test_initial_contact_replaces_stale_sas_of_a_restarted_peer() -> None:
 
     p = _up()
     stale = p.b_session
+    p.a.config.initial_contact = True  # off by default; the runtime sets it when it holds no SA
     p.a = IkeSession(p.a.config, p.now)  # A "restarts": it lost all state and starts over
     p.a.initiate(p.now)
     p.pump()

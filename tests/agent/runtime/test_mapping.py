@@ -88,20 +88,49 @@ def test_bad_input_names_the_field() -> None:
         mapping.ike_config(p, node("a", [p]).local, local_addr=("198.18.0.1", 500), remote_addr=None)
 
 
-def test_responder_accepts_union_of_same_mode_children() -> None:
+def test_every_child_becomes_a_policy_with_its_own_mode_and_proposals() -> None:
     p = _peer()
     p.children.add(
         name="lan2", mode=spec_pb2.MODE_TUNNEL, local_ts=["198.19.5.0/24"], remote_ts=["198.19.6.0/24"]
     )
+    p.children.add(
+        name="hosts",
+        mode=spec_pb2.MODE_TRANSPORT,
+        local_ts=["198.18.0.1/32"],
+        remote_ts=["198.18.0.2/32"],
+        esp_proposals=["chacha20poly1305"],
+    )
+    p.children[2].lifetime.life_seconds = 600
     local = node("a", [p]).local
     ini = mapping.ike_config(p, local, local_addr=("198.18.0.1", 500), remote_addr=None)
     resp = mapping.ike_config(p, local, local_addr=("198.18.0.1", 500), remote_addr=None, responder=True)
-    assert len(ini.local_ts) == 1 and len(resp.local_ts) == 2
+    for cfg in (ini, resp):  # both ends know every child; IKE_AUTH carries the first
+        pols = {c.name: c for c in cfg.children}
+        assert list(pols) == ["net", "lan2", "hosts"]
+        assert pols["hosts"].mode == "transport" and list(pols["hosts"].esp_proposals) == ["chacha20poly1305"]
+        assert pols["lan2"].mode == "tunnel" and list(pols["lan2"].esp_proposals) == ["aes128gcm16"]
+        assert [str(t) for t in pols["hosts"].remote_ts] == ["198.18.0.2-198.18.0.2 proto 0 ports 0-65535"]
+        assert cfg.mode == "tunnel" and len(cfg.local_ts) == 1 and cfg.policies()[0].name == "net"
+        assert pols["hosts"].lifetime == 600.0 and pols["net"].lifetime == mapping.DEFAULT_CHILD_LIFE
     assert (
         mapping.child_for(p, mapping.ike_ts(["198.19.5.0/25"]), mapping.ike_ts(["198.19.6.7/32"])) == "lan2"
     )
     assert mapping.child_for(p, mapping.ike_ts(["198.19.1.0/24"]), mapping.ike_ts(["198.19.2.0/24"])) == "net"
     assert mapping.child_for(p, mapping.ike_ts(["198.19.9.0/24"]), mapping.ike_ts(["198.19.2.0/24"])) == ""
+    host_a, host_b = mapping.ike_ts(["198.18.0.1/32"]), mapping.ike_ts(["198.18.0.2/32"])
+    assert mapping.child_for(p, host_a, host_b, "transport") == "hosts"
+    assert mapping.child_for(p, host_a, host_b, "tunnel") == ""
+
+
+def test_bad_child_selectors_name_the_child() -> None:
+    p = _peer()
+    p.children.add(name="broken", local_ts=["198.19.300.0/24"], remote_ts=["198.19.6.0/24"])
+    with pytest.raises(mapping.ConfigError, match="child broken"):
+        mapping.ike_config(p, node("a", [p]).local, local_addr=("198.18.0.1", 500), remote_addr=None)
+    p = _peer()
+    p.children.add(name="empty", local_ts=["198.19.5.0/24"])
+    with pytest.raises(mapping.ConfigError, match="child empty"):
+        mapping.ike_config(p, node("a", [p]).local, local_addr=("198.18.0.1", 500), remote_addr=None)
 
 
 def test_endpoints_parse() -> None:

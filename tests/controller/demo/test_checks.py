@@ -108,3 +108,18 @@ def test_ping_and_iperf_output_parsing() -> None:
     refused = json.dumps({"error": "unable to connect to server: Connection refused"})
     assert checks.iperf_result(refused).error.endswith("Connection refused")
     assert not checks.iperf_result("garbage").ok
+
+
+def test_a_child_sa_in_the_wrong_mode_is_a_problem_and_shared_ike_sas_are_listed() -> None:
+    from meshsec.api.v1 import spec_pb2
+
+    modes = {"hosts": "transport", "sites": "tunnel"}
+    a, b = node("a", "b"), node("b", "a")
+    for n in (a, b):
+        n.peers[0].children[0].mode = spec_pb2.MODE_TRANSPORT
+        n.peers[0].children[1].mode = spec_pb2.MODE_TUNNEL
+    assert checks.sa_problems(EXPECTED, status(a, b), modes) == []
+    assert checks.shared_ike_sas(status(a, b)) == [("a", "b", [("hosts", "transport"), ("sites", "tunnel")])]
+    b.peers[0].children[0].mode = spec_pb2.MODE_TUNNEL  # b installed "hosts" as a tunnel
+    got = [p.text for p in checks.sa_problems(EXPECTED, status(a, b), modes)]
+    assert got == ["b → a: child SA 'hosts' is in tunnel mode, want transport"]

@@ -21,9 +21,13 @@ def test_the_mesh_yaml_is_valid_and_every_pair_gets_the_expected_child_sas(nodes
         assert set(expected[a]) == {h.name for h in plan.hosts} - {a}  # full mesh
         for b, children in expected[a].items():
             gateways = {"host-1", "host-2"}
-            # the gateway pair: one tunnel-mode child SA carries the LANs and the gateways themselves
-            want = {SITES_POLICY} if {a, b} == gateways else {HOSTS_POLICY}
+            # the gateway pair's one IKE SA carries a transport child (the gateways themselves) and a
+            # tunnel child (their LANs); every other pair only the transport child
+            want = {HOSTS_POLICY, SITES_POLICY} if {a, b} == gateways else {HOSTS_POLICY}
             assert children == want, (a, b)
+    assert plan.modes() == {HOSTS_POLICY: "transport", SITES_POLICY: "tunnel"}
+    compiled = {p.mode for p in spec.policies}
+    assert len(compiled) == 2  # both modes are in the spec the controller gets
 
 
 def test_addresses_stay_inside_the_ranges_reserved_for_tests() -> None:
@@ -45,9 +49,9 @@ def test_the_ping_matrix_covers_every_ordered_pair_once() -> None:
     lans = [(s, d) for s, d, _, child in pairs if s.startswith("lan-")]
     assert len(hosts) == len(set(hosts)) == 4 * 3
     assert sorted(lans) == [("lan-a", "lan-b"), ("lan-b", "lan-a")]
-    # the gateways reach each other through the site tunnel, every other host pair in transport mode
-    tunnelled = sorted((s, d) for s, d, _, child in pairs if child == SITES_POLICY and s.startswith("host-"))
-    assert tunnelled == [("host-1", "host-2"), ("host-2", "host-1")]
+    # every host pair, the gateways too, talks in transport mode; only the LANs use the tunnel
+    assert all(child == HOSTS_POLICY for s, _, _, child in pairs if s.startswith("host-"))
+    assert all(child == SITES_POLICY for s, _, _, child in pairs if s.startswith("lan-"))
     assert ("lan-a", "lan-b", "198.19.2.10", SITES_POLICY) in pairs
 
 
