@@ -12,6 +12,10 @@ lifetime with a fresh key, at once when the CA that signs now -- the first CA of
 ``on_renewed`` hands it to whoever runs IKE, for new IKE_AUTHs.  ca.pem (trust for the controller
 channel) is learnt only from Renew/Enroll answers, never from Sync: ``trusted_ca_pem`` also carries
 external peers' CAs, which must not vouch for the controller.
+
+Several controller replicas: ``address`` may list targets separated by commas
+("unix:///run/a.sock,unix:///run/b.sock"); after a failed or closed session the next one is tried
+first, so the agent moves to a live replica within one backoff step (any replica serves any agent).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from meshsec.controller.compiler import delta as delta_merge
 
 log = logging.getLogger(__name__)
 
+FAILOVER_AFTER = 1.0  # seconds a stream must have worked for its loss to skip the backoff
+
 
 @dataclass(frozen=True)
 class SyncEvent:
@@ -63,6 +69,14 @@ def apply_delta(config: config_pb2.NodeConfig, delta: config_pb2.NodeConfigDelta
     if delta.from_version != config.version:
         raise DeltaMismatch(f"delta from {delta.from_version} but we hold {config.version}")
     return delta_merge.apply_delta(config, delta)
+
+
+def split_targets(address: str) -> list[str]:
+    """The controller targets of a comma-separated address list, in order (at least one)."""
+    targets = [t.strip() for t in address.split(",") if t.strip()]
+    if not targets:
+        raise ValueError(f"no controller address in {address!r}")
+    return targets
 
 
 def _reason(exc: BaseException) -> str:
@@ -92,7 +106,8 @@ class ControlPlaneClient:
         renewal_schedule: RenewalSchedule | None = None,
         on_renewed: OnRenewed | None = None,
     ) -> None:
-        self.address = address
+        self.addresses = split_targets(address)
+        self._target = 0  # index into addresses of the replica tried now
         self.node = node
         self._identity = identity
         self._cache = cache
@@ -114,6 +129,7 @@ class ControlPlaneClient:
         self._report_now = asyncio.Event()
         self._changed = asyncio.Condition()
         self._last_failure_log = 0.0
+        self._connected_since = 0.0  # time.monotonic() when the current stream delivered its first message
         # Subnets this node announces (e.g. its Kubernetes podCIDRs), sent with every Report.
         self.announced_subnets: list[str] = []
 
@@ -122,6 +138,11 @@ class ControlPlaneClient:
         if list(subnets) != self.announced_subnets:
             self.announced_subnets = list(subnets)
             self._report_now.set()
+
+    @property
+    def address(self) -> str:
+        """The controller target in use (or tried next)."""
+        return self.addresses[self._target]
 
     @property
     def version(self) -> int:
@@ -168,7 +189,7 @@ class ControlPlaneClient:
             was_connected, self.connected = self.connected, False
             async with self._changed:
                 self._changed.notify_all()
-            if got_data:
+            if got_data or was_connected:  # a session that worked: start the backoff over
                 attempt = 0
             now = time.monotonic()
             if was_connected or now - self._last_failure_log >= self._log_every:
@@ -179,6 +200,12 @@ class ControlPlaneClient:
                     self.version,
                 )
                 self._last_failure_log = now
+            if len(self.addresses) > 1:
+                # Another replica: try it at once after losing one that worked for a while (a replica
+                # that drops every stream at once must not make us bounce without a pause).
+                self._target = (self._target + 1) % len(self.addresses)
+                if was_connected and now - self._connected_since >= FAILOVER_AFTER:
+                    continue
             low, high = self._backoff
             await asyncio.sleep(min(high, low * 2**attempt) * random.uniform(0.5, 1.0))
             attempt = min(attempt + 1, 30)
@@ -207,6 +234,7 @@ class ControlPlaneClient:
                     if not got_data:
                         got_data = True
                         self.connected = True
+                        self._connected_since = time.monotonic()
                         log.info("connected to controller %s (resumed from version %d)", self.address, resume)
                     await self._handle(resp)
             finally:

@@ -55,8 +55,9 @@ def grpc_target(address: str) -> str:
 
 
 def enroll_address(controller: str) -> str:
-    """The enrollment endpoint beside a controller address: unix .../enroll.sock, or TCP port + 1."""
-    target = grpc_target(controller)
+    """The enrollment endpoint beside a controller address (the first of a comma-separated list):
+    unix .../enroll.sock, or TCP port + 1."""
+    target = grpc_target(controller.split(",")[0].strip())
     if target.startswith("unix:"):
         path = target.removeprefix("unix:").removeprefix("//")
         return "unix://" + os.path.join(os.path.dirname(path), "enroll.sock")

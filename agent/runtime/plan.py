@@ -10,7 +10,11 @@ Rules, in words:
   behind NAT; or once after our own start, see Actual.also_initiate) with no live session built from
   its current config gets StartIke, unless its retry time has not come;
 - a session built from an older config is deleted once a session from the current config is
-  established (make-before-break); a responder keeps a stale session until the initiator replaces it;
+  established (make-before-break); a responder keeps a stale session until the initiator replaces it,
+  but not forever: the initiator may have built its replacement before our config changed, so we
+  answered it with the old one and neither end would ever replace that SA (its children carry the
+  old selectors).  After STALE_GRACE with only stale sessions the responder replaces it itself
+  (StartIke; or, when it cannot reach the peer, DeleteIke so that the peer initiates anew);
 - two established sessions from the same config: if their set-ups overlapped (the newer one began
   before the older one was established) both ends initiated at once, and the one with the lowest
   SPIs stays, which both ends agree on; otherwise the peer restarted and the newest wins;
@@ -56,6 +60,9 @@ class Actual:
     # Peers we initiate to although they are the initiators: a restarted agent reaches its peers at
     # once instead of waiting for their DPD to notice that its SAs are gone.
     also_initiate: frozenset[str] = frozenset()
+    # peer -> when its current configuration (session_digest) was first seen: how long a responder
+    # has held only stale sessions with it.  A peer missing here is never replaced by the responder.
+    config_since: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,10 @@ class DelRoute:
 
 
 Action = StartIke | DeleteIke | CreateChild | DeleteChild | AddRoute | DelRoute
+
+#: Seconds a responder waits, once its config changed, for the initiator's replacement SA before it
+#: replaces a stale SA itself.  Both ends normally get a change within a Sync round trip (< 1 s).
+STALE_GRACE = 3.0
 
 
 def session_digest(peer: config_pb2.PeerConfig, local: config_pb2.LocalConfig) -> str:
@@ -144,6 +155,13 @@ def _winner(established: list[SessionView]) -> SessionView:
     return newest
 
 
+def _stale_too_long(name: str, stale: list[SessionView], actual: Actual, now: float) -> bool:
+    """Whether we have held only stale established sessions with `name` for STALE_GRACE."""
+    since = actual.config_since.get(name)
+    established = any(s.state == "established" for s in stale)
+    return established and since is not None and now - since >= STALE_GRACE
+
+
 def diff(desired: config_pb2.NodeConfig, actual: Actual, now: float) -> list[Action]:
     """The actions that move `actual` towards `desired`; empty when they already agree."""
     actions: list[Action] = []
@@ -169,6 +187,14 @@ def diff(desired: config_pb2.NodeConfig, actual: Actual, now: float) -> list[Act
         )
         if not current and initiate and now >= actual.retry_at.get(name, 0.0):
             actions.append(StartIke(name))
+        elif not current and _stale_too_long(name, stale, actual, now):
+            if peer.endpoints and not peer.behind_nat:
+                if now >= actual.retry_at.get(name, 0.0):
+                    actions.append(StartIke(name))
+            else:
+                for s in stale:
+                    reason = "built from an older configuration; the peer re-initiates"
+                    actions.append(DeleteIke(s.sid, name, reason))
         keep: SessionView | None = None
         if established:
             keep = _winner(established)

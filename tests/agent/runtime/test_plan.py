@@ -115,6 +115,32 @@ def test_changed_crypto_is_make_before_break() -> None:
     ]
 
 
+def test_responder_replaces_a_stale_sa_itself_after_the_grace() -> None:
+    """The initiator built its replacement before our config changed, so we answered with the old one:
+    neither end would replace that SA, and its children keep the old selectors."""
+    old_cfg, new_cfg = _cfg(initiate=False), _cfg(initiate=False, esp="chacha20poly1305")
+    old = _session(old_cfg, initiator=False)
+    seen = {"b": 100.0}  # the new config arrived at t=100
+    quiet = Actual(sessions=(old,), routes=ROUTES, config_since=seen)
+    assert diff(new_cfg, quiet, 100.0 + plan.STALE_GRACE - 0.1) == []  # the initiator's turn first
+    assert diff(new_cfg, quiet, 100.0 + plan.STALE_GRACE) == [StartIke("b")]
+    # not while our own replacement is being set up, and not before the retry time
+    mine = _session(new_cfg, sid=2, state="connecting", established_at=None)
+    late = Actual(sessions=(old, mine), routes=ROUTES, config_since=seen)
+    assert diff(new_cfg, late, 200.0) == []
+    backoff = Actual(sessions=(old,), routes=ROUTES, config_since=seen, retry_at={"b": 300.0})
+    assert diff(new_cfg, backoff, 200.0) == []
+    # a peer we cannot reach (behind NAT) must come to us: the stale SA is deleted instead
+    nat_old = _cfg(initiate=False, behind_nat=True)
+    nat_new = _cfg(initiate=False, behind_nat=True, esp="chacha20poly1305")
+    s = _session(nat_old, initiator=False)
+    assert diff(nat_new, Actual(sessions=(s,), routes=ROUTES, config_since=seen), 104.0) == [
+        DeleteIke(1, "b", "built from an older configuration; the peer re-initiates")
+    ]
+    # without a record of when the config came, the responder keeps waiting (the old behaviour)
+    assert diff(new_cfg, Actual(sessions=(old,), routes=ROUTES), 1e6) == []
+
+
 def test_duplicate_sas_collision_keeps_lowest_spis_restart_keeps_newest() -> None:
     cfg = _cfg()
     # set-ups overlapped (the second began before the first was up): both ends initiated at once
