@@ -3,6 +3,8 @@
 Owns defaults and validation of the numbers, and the Child SA policies (ChildPolicy): one IKE SA may
 carry children of different modes, proposals and selectors, as RFC 7296 §1.3.1/§2.9 allow; the
 responder matches each Child SA request against them.  Proposal strings are parsed by proposals.py.
+A responder config may leave the peer undecided (`resolve`): the peer's own config is then looked up
+by IDi/IDr at IKE_AUTH (peerselect.py builds such configs).
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .constants import IdType
 from .events import Addr
 from .payloads import TrafficSelector
+
+if TYPE_CHECKING:
+    from .identity import Identity
 
 MODES = ("tunnel", "transport")
 
@@ -81,11 +86,19 @@ class IkeConfig:
     revoked: Any = None
     # Maps the engine's monotonic `now` to POSIX time, needed only for certificate validity.
     wall_clock: Callable[[float], float] = field(default=lambda now: time.time(), repr=False)
+    # Responder only: the peer is not known at IKE_SA_INIT (several peers may come from anywhere, e.g.
+    # behind NATs).  Then this config serves IKE_SA_INIT alone (addresses, ike_proposals, trust for
+    # CERTREQ, timers) and resolve(IDi, IDr or None) returns the peer's own config at IKE_AUTH, or None
+    # to refuse with AUTHENTICATION_FAILED (RFC 7296 §2.15; strongSwan's ike_cfg vs peer_cfg).  The
+    # chosen IKE proposal must be one the resolved config allows.  No credentials are needed here.
+    resolve: Callable[[Identity, Identity | None], IkeConfig | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r}: must be 'tunnel' or 'transport'")
-        if self.psk is None and self.private_key is None:
+        if self.psk is None and self.private_key is None and self.resolve is None:
             raise ValueError("configure a psk or a private_key (with cert_chain) to authenticate ourselves")
         if self.private_key is not None and not self.cert_chain:
             raise ValueError("private_key needs cert_chain (our certificate first)")

@@ -1,7 +1,8 @@
 """IKE_SA_INIT and IKE_AUTH, as initiator and responder (RFC 7296 §1.2, §2.6, §2.10, §2.15, §2.23).
 
 A mixin of IkeSession: owns DH + nonces + SKEYSEED for a new SA, COOKIE and INVALID_KE_PAYLOAD
-retries, NAT detection and the float to 4500, and authentication through peerauth.py. Must not
+retries, NAT detection and the float to 4500, and authentication through peerauth.py (after adopting
+the peer's own config by IDi/IDr when the responder's peer was undecided at IKE_SA_INIT). Must not
 touch sockets or the clock; it only calls the session's plumbing (_request/_respond/_emit/_fail).
 """
 
@@ -17,6 +18,7 @@ from . import payloads as P
 from .constants import NATT_PORT, Exchange, Flag, Notify, Proto
 from .crypto import derive_ike_keys, skeyseed
 from .events import IkeSaEstablished
+from .identity import Identity, IdentityError
 from .message import Message, encode_plain
 from .proposals import ProposalError, Suite, check_answer, offer, select, suite
 from .sastate import GROUP, NONCE_LEN, Request, nat_hash, notify_name, suite_name
@@ -184,6 +186,7 @@ class EstablishMixin:
             *peerauth.init_notifies(self.config),
         ]
         self._peer_hashes = peerauth.peer_hashes(n)
+        self._init_chosen = chosen
         self._derive_ike(st)
         self._respond(sa, msg, out)
         self._init_req, self._init_resp = msg.raw, sa.cache[2] if sa.cache else b""
@@ -269,7 +272,9 @@ class EstablishMixin:
     def _on_auth_request(self, msg: Message, inner: list[Any], now: float) -> None:
         sa = self.sa
         assert sa.keys is not None
-        why = self._check_peer(inner, P.IDi, self._init_req, self._nr, sa.keys.sk_pi, now)
+        why = self._resolve_peer(inner) if self.config.resolve is not None else None
+        if why is None:
+            why = self._check_peer(inner, P.IDi, self._init_req, self._nr, sa.keys.sk_pi, now)
         if why is not None:
             self._respond(sa, msg, [P.Notify(Notify.AUTHENTICATION_FAILED)])
             self._fail(f"AUTHENTICATION_FAILED: {why}", now)
@@ -297,6 +302,42 @@ class EstablishMixin:
         self.initial_contact = Notify.INITIAL_CONTACT in P.notifies(inner)
         self._established(now)
         self._child_result(child, reason, None)
+
+    def _resolve_peer(self, inner: list[Any]) -> str | None:
+        """A responder whose peer was undecided at IKE_SA_INIT: adopt the config that the owner's
+        `resolve` hook picks by IDi (and IDr, if sent), or say why there is none.  The IKE proposal
+        chosen at IKE_SA_INIT (from the union of the candidates') must be one that peer allows."""
+        resolve = self.config.resolve
+        assert resolve is not None
+        ids, idrs = P.find(inner, P.IDi), P.find(inner, P.IDr)
+        if not ids:
+            return "peer sent no ID payload"
+        try:
+            idi = Identity(ids[0].id_type, ids[0].data)
+            idr = Identity(idrs[0].id_type, idrs[0].data) if idrs else None
+        except IdentityError as exc:
+            return f"unusable peer ID: {exc}"
+        try:
+            cfg = resolve(idi, idr)
+        except Exception as exc:  # the owner's lookup failing must refuse this SA, not break the engine
+            return f"looking up the peer with identity {idi} failed: {type(exc).__name__}: {exc}"
+        if cfg is None:
+            self.stats["refused_unknown_identity"] += 1
+            asked = f" (asking for us as {idr})" if idr is not None else ""
+            return f"no configured peer has identity {idi}{asked}"
+        try:
+            self._load(cfg)
+        except ValueError as exc:
+            return f"configuration of the peer with identity {idi}: {exc}"
+        chosen = self._init_chosen
+        assert chosen is not None and self.sa.suite is not None
+        if select((chosen,), self._ike_specs, Proto.IKE, b"") is None:
+            return (
+                f"NO_PROPOSAL_CHOSEN: IKE_SA_INIT chose {suite_name(self.sa.suite)}, which the profile of "
+                f"{idi} does not allow ({', '.join(s.text for s in self._ike_specs)})"
+            )
+        log.debug("IKE %s: peer with identity %s resolved at IKE_AUTH", self.sa.name, idi)
+        return None
 
     def _on_auth_response(self, req: Request, msg: Message, inner: list[Any], now: float) -> None:
         sa = self.sa

@@ -201,12 +201,19 @@ def decode_dn(der: bytes) -> Rdns:
     return tuple(rdns)
 
 
+def _escape_dn_char(ch: str) -> str:
+    if ch in ',+"\\<>;=':
+        return "\\" + ch
+    if ord(ch) < 0x20 or ord(ch) == 0x7F or (ch.isspace() and ch != " "):
+        # hex pairs of the UTF-8 octets: control characters cannot forge log lines, and blanks other
+        # than the space (U+00A0, U+3000, ...) survive the parser's stripping of surrounding blanks
+        return "".join(f"\\{b:02x}" for b in ch.encode())
+    return ch
+
+
 def _escape_dn_value(value: str) -> str:
-    """RFC 4514 escaping; control characters become hex pairs so a peer's DN cannot forge log lines."""
-    out = "".join(
-        "\\" + ch if ch in ',+"\\<>;=' else f"\\{ord(ch):02x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
-        for ch in value
-    )
+    """RFC 4514 escaping; control characters and non-space blanks become hex pairs."""
+    out = "".join(_escape_dn_char(ch) for ch in value)
     if out.startswith((" ", "#")):
         out = "\\" + out
     if out.endswith(" ") and not out.endswith("\\ "):

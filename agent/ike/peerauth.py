@@ -21,7 +21,9 @@ from .identity import Identity, IdentityError, IdentityPattern
 
 
 def wants_signatures(cfg: IkeConfig) -> bool:
-    return cfg.private_key is not None or cfg.trust is not None
+    """Can we sign or verify RFC 7427 signatures?  A responder whose peer is decided at IKE_AUTH
+    (cfg.resolve) says yes: the peer it resolves to may use certificates."""
+    return cfg.private_key is not None or cfg.trust is not None or cfg.resolve is not None
 
 
 def init_notifies(cfg: IkeConfig) -> list[P.Payload]:

@@ -1,6 +1,10 @@
 """Host-wide IKE dispatcher: routes datagrams to IkeSessions by our SPI and creates responder sessions
 for new IKE_SA_INIT requests, behind cookies.DosGuard (cookies + half-open accounting).
 
+`config_for(addr)` picks the config for a new IKE_SA_INIT by source address; when the address cannot
+tell (several roaming peers) it may return a config whose `resolve` hook names the peer by IDi/IDr at
+IKE_AUTH (peerselect.deferred_config).
+
 Owns the SPI index, the answer to IKEv1/unknown major versions (INVALID_MAJOR_VERSION, RFC 7296 §1.5;
 IKEv1 itself is deliberately unsupported, RFC 9395), and host-wide unique Child SA SPIs. Sans-I/O like
 the sessions: datagrams out are (bytes, addr, local_port); the adapter picks the socket by local_port

@@ -46,13 +46,7 @@ class IkeSession(EstablishMixin, ExchangesMixin):
     def __init__(
         self, config: IkeConfig, now: float, *, initiator: bool = True, local_port: int = IKE_PORT
     ) -> None:
-        self.config = config
-        self._ike_specs = parse_proposals(config.ike_proposals, Proto.IKE)
-        self._esp_specs = _esp_specs(config.esp_proposals)
-        self._policies = config.policies()
-        # ESP proposals per child policy (by name; the implicit policy is "")
-        self._policy_specs = {p.name: tuple(_esp_specs(p.esp_proposals)) for p in self._policies}
-        self._policy_life = {p.name: p.lifetime for p in self._policies if p.lifetime}
+        self._load(config)
         self.initiator = initiator
         self.remote: Addr | None = config.remote_addr
         self.local_port = local_port
@@ -90,6 +84,7 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         self._init_tries = 0
         self._ike_rekeying = False
         self._peer_hashes: tuple[int, ...] | None = None
+        self._init_chosen: P.Proposal | None = None  # the IKE proposal chosen in IKE_SA_INIT (responder)
 
     # ------------------------------------------------------------------ public API
     def initiate(self, now: float) -> None:
@@ -301,6 +296,20 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         return [self.sa, *self.old_sas, *extra]
 
     # ------------------------------------------------------------------ plumbing
+    def _load(self, config: IkeConfig) -> None:
+        """Take `config` and what is parsed from it: at creation, and again when a responder whose
+        peer was undecided at IKE_SA_INIT adopts the peer's own config at IKE_AUTH (peerselect.py).
+        Raises ValueError for proposals the engine cannot use (nothing is changed then)."""
+        ike_specs = parse_proposals(config.ike_proposals, Proto.IKE)
+        esp_specs = _esp_specs(config.esp_proposals)
+        policies = config.policies()
+        # ESP proposals per child policy (by name; the implicit policy is "")
+        policy_specs = {p.name: tuple(_esp_specs(p.esp_proposals)) for p in policies}
+        self.config = config
+        self._ike_specs, self._esp_specs, self._policies = ike_specs, esp_specs, policies
+        self._policy_specs = policy_specs
+        self._policy_life = {p.name: p.lifetime for p in policies if p.lifetime}
+
     def _new_ike_spi(self) -> bytes:
         while True:
             spi = os.urandom(8)
