@@ -170,23 +170,35 @@ ECDSA_SHA384 = SignatureScheme(
 ECDSA_SHA512 = SignatureScheme(
     "ecdsa-with-sha512", bytes.fromhex("300a06082a8648ce3d040304"), HashAlgorithm.SHA2_512, _ECDSA
 )
-# RFC 7427 Appendix A.4.3: RSASSA-PSS, SHA-256, MGF1 with SHA-256, salt length 32, trailer 1.
-RSA_PSS_SHA256 = SignatureScheme(
-    "rsassa-pss-sha256",
-    bytes.fromhex(
+
+
+def _rsa_pss_identifier(hash_oid_last: int, salt_length: int) -> bytes:
+    """RSASSA-PSS AlgorithmIdentifier DER with hash = MGF1 hash = SHA-2 (OID arc 2.16.840.1.101.3.4.2.x,
+    parameters NULL), the given salt length and trailer 1, as RFC 7427 A.4.3 gives it for SHA-256 and
+    strongSwan and libreswan encode it for SHA-384/512 (salt length = hash length)."""
+    return bytes.fromhex(
         "3041"  # SEQUENCE AlgorithmIdentifier
         "06092a864886f70d01010a"  # id-RSASSA-PSS
         "3034"  # RSASSA-PSS-params
-        "a00f300d0609608648016503040201"
-        "0500"  # [0] hashAlgorithm sha256, NULL
+        f"a00f300d06096086480165030402{hash_oid_last:02x}"
+        "0500"  # [0] hashAlgorithm, NULL
         "a11c301a06092a864886f70d010108"  # [1] maskGenAlgorithm id-mgf1
-        "300d0609608648016503040201"
-        "0500"  # ... with sha256, NULL
-        "a203020120"  # [2] saltLength 32
-    ),
-    HashAlgorithm.SHA2_256,
-    _RSA,
-    pss=True,
+        f"300d06096086480165030402{hash_oid_last:02x}"
+        "0500"  # ... with the same hash, NULL
+        f"a2030201{salt_length:02x}"  # [2] saltLength
+    )
+
+
+# RFC 7427 Appendix A.4.3: RSASSA-PSS, SHA-256, MGF1 with SHA-256, salt length 32, trailer 1.
+RSA_PSS_SHA256 = SignatureScheme(
+    "rsassa-pss-sha256", _rsa_pss_identifier(1, 32), HashAlgorithm.SHA2_256, _RSA, pss=True
+)
+# The same with SHA-384 / SHA-512: what charon signs with by default when we announce those hashes.
+RSA_PSS_SHA384 = SignatureScheme(
+    "rsassa-pss-sha384", _rsa_pss_identifier(2, 48), HashAlgorithm.SHA2_384, _RSA, pss=True
+)
+RSA_PSS_SHA512 = SignatureScheme(
+    "rsassa-pss-sha512", _rsa_pss_identifier(3, 64), HashAlgorithm.SHA2_512, _RSA, pss=True
 )
 # RFC 7427 Appendix A.1.2: PKCS #1 v1.5 with SHA-256; known so that a deployment talking to RSA-only
 # gear can allow it explicitly, never allowed by default.
@@ -202,11 +214,13 @@ SCHEMES: tuple[SignatureScheme, ...] = (
     ECDSA_SHA512,
     ED25519,
     RSA_PSS_SHA256,
+    RSA_PSS_SHA384,
+    RSA_PSS_SHA512,
     RSA_PKCS1_SHA256,
 )
 _BY_ALG_ID = {s.algorithm_identifier: s for s in SCHEMES}
 DEFAULT_ALLOWED_SCHEMES: frozenset[SignatureScheme] = frozenset(
-    {ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, ED25519, RSA_PSS_SHA256}
+    {ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, ED25519, RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512}
 )
 # What we announce in SIGNATURE_HASH_ALGORITHMS, strongest first.
 DEFAULT_HASH_PREFERENCE: tuple[HashAlgorithm, ...] = (
@@ -236,8 +250,10 @@ def _key_kind(key: object) -> str:
     raise AuthError(f"unsupported key type {type(key).__name__} for digital signature authentication")
 
 
-def _pss_padding() -> padding.PSS:
-    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+def _pss_padding(scheme: SignatureScheme) -> padding.PSS:
+    """MGF1 with the signature's own hash and a salt as long as that hash (what the identifier says)."""
+    h = _HASH_CLASS[scheme.hash_algorithm]()
+    return padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
 
 
 def choose_scheme(
@@ -255,11 +271,12 @@ def choose_scheme(
     offered = set(peer_hashes)
     kind = _key_kind(private_key)
     allowed_set = set(allowed)
-    # PSS before PKCS #1 v1.5; for ECDSA the hash that matches the curve size, then the strongest
-    curve_bits = private_key.curve.key_size if isinstance(private_key, ec.EllipticCurvePrivateKey) else 0
+    # PSS before PKCS #1 v1.5; the hash that fits the key's strength (as strongSwan picks it), then
+    # the strongest
+    want = _fitting_digest_bits(private_key)
     for scheme in sorted(
         (s for s in SCHEMES if s in allowed_set and s.key_kind == kind),
-        key=lambda s: (-int(s.pss), _curve_mismatch(s, curve_bits), -_strength(s.hash_algorithm)),
+        key=lambda s: (-int(s.pss), _digest_mismatch(s, want), -_strength(s.hash_algorithm)),
     ):
         if scheme.hash_algorithm in offered:
             return scheme
@@ -267,12 +284,23 @@ def choose_scheme(
     raise AuthError(f"no common signature hash for a {kind} key (peer offers: {names})")
 
 
-def _curve_mismatch(scheme: SignatureScheme, curve_bits: int) -> int:
-    """0 when the scheme's hash fits the curve (P-256/SHA-256, P-384/SHA-384, P-521/SHA-512)."""
-    if not curve_bits:
+def _fitting_digest_bits(key: PrivateKey) -> int:
+    """The digest size that matches the key: P-256/SHA-256, P-384/SHA-384, P-521/SHA-512; RSA up to 3072
+    bits SHA-256, up to 7680 SHA-384, else SHA-512 (NIST SP 800-57 strengths); 0 for Ed25519."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        bits = key.curve.key_size
+        return 256 if bits <= 256 else 384 if bits <= 384 else 512
+    if isinstance(key, rsa.RSAPrivateKey):
+        bits = key.key_size
+        return 256 if bits <= 3072 else 384 if bits <= 7680 else 512
+    return 0
+
+
+def _digest_mismatch(scheme: SignatureScheme, want: int) -> int:
+    """0 when the scheme's hash has the wanted size (or any size fits)."""
+    if not want:
         return 0
     digest_bits = {HashAlgorithm.SHA2_256: 256, HashAlgorithm.SHA2_384: 384, HashAlgorithm.SHA2_512: 512}
-    want = 256 if curve_bits <= 256 else 384 if curve_bits <= 384 else 512
     return 0 if digest_bits.get(scheme.hash_algorithm) == want else 1
 
 
@@ -298,7 +326,7 @@ def sign_auth(private_key: PrivateKey, signed: bytes, scheme: SignatureScheme) -
         sig = private_key.sign(signed)
     else:
         assert isinstance(private_key, rsa.RSAPrivateKey)
-        pad = _pss_padding() if scheme.pss else padding.PKCS1v15()
+        pad = _pss_padding(scheme) if scheme.pss else padding.PKCS1v15()
         sig = private_key.sign(signed, pad, _HASH_CLASS[scheme.hash_algorithm]())
     alg = scheme.algorithm_identifier
     return bytes([len(alg)]) + alg + sig
@@ -357,7 +385,7 @@ def verify_signature_auth(
             public_key.verify(signature, signed)
         else:
             assert isinstance(public_key, rsa.RSAPublicKey)
-            pad = _pss_padding() if scheme.pss else padding.PKCS1v15()
+            pad = _pss_padding(scheme) if scheme.pss else padding.PKCS1v15()
             public_key.verify(signature, signed, pad, _HASH_CLASS[scheme.hash_algorithm]())
     except (InvalidSignature, ValueError, UnsupportedAlgorithm):
         raise AuthError(f"{scheme} signature does not verify with the peer's public key") from None

@@ -4,7 +4,8 @@ Owns defaults and validation of the numbers, and the Child SA policies (ChildPol
 carry children of different modes, proposals and selectors, as RFC 7296 §1.3.1/§2.9 allow; the
 responder matches each Child SA request against them.  Proposal strings are parsed by proposals.py.
 A responder config may leave the peer undecided (`resolve`): the peer's own config is then looked up
-by IDi/IDr at IKE_AUTH (peerselect.py builds such configs).
+by IDi/IDr at IKE_AUTH (peerselect.py builds such configs).  Fragmentation settings (RFC 7383) are
+per peer, too; the defaults match strongSwan's.
 """
 
 from __future__ import annotations
@@ -94,6 +95,16 @@ class IkeConfig:
     resolve: Callable[[Identity, Identity | None], IkeConfig | None] | None = field(
         default=None, repr=False, compare=False
     )
+    # IKE fragmentation (RFC 7383), announced in IKE_SA_INIT: encrypted messages larger than one
+    # fragment go as SKF fragments when the peer announced it too (strongSwan: fragmentation = yes).
+    fragmentation: bool = True
+    # largest IP datagram of one IKE message or fragment, IP and UDP headers included (strongSwan's
+    # charon.fragment_size, default 1280 for IPv4 and IPv6; RFC 7383 §2.5.1 suggests 576 for IPv4
+    # paths of unknown MTU, 1280 for IPv6)
+    fragment_size: int = 1280
+    max_fragments: int = 64  # reassembly: Total Fragments above this is dropped
+    max_reassembly: int = 64 * 1024  # reassembly: content octets held per message
+    fragment_timeout: float = 30.0  # reassembly: seconds without a new fragment before it is dropped
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -106,6 +117,10 @@ class IkeConfig:
             raise ValueError("psk: use at least 16 octets of shared secret")
         if not self.ike_proposals or not self.esp_proposals:
             raise ValueError("ike_proposals/esp_proposals: at least one proposal each")
+        if not 256 <= self.fragment_size <= 65535:
+            raise ValueError(f"fragment_size {self.fragment_size}: must be 256..65535 octets")
+        if self.max_fragments < 1 or self.max_reassembly < 1 or self.fragment_timeout <= 0:
+            raise ValueError("max_fragments, max_reassembly and fragment_timeout must be positive")
         names = [c.name for c in self.children]
         if len(set(names)) != len(names):
             raise ValueError(f"children: names must be unique, got {names}")

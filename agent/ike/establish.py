@@ -1,9 +1,10 @@
 """IKE_SA_INIT and IKE_AUTH, as initiator and responder (RFC 7296 §1.2, §2.6, §2.10, §2.15, §2.23).
 
 A mixin of IkeSession: owns DH + nonces + SKEYSEED for a new SA, COOKIE and INVALID_KE_PAYLOAD
-retries, NAT detection and the float to 4500, and authentication through peerauth.py (after adopting
-the peer's own config by IDi/IDr when the responder's peer was undecided at IKE_SA_INIT). Must not
-touch sockets or the clock; it only calls the session's plumbing (_request/_respond/_emit/_fail).
+retries, NAT detection and the float to 4500, the RFC 7383 fragmentation announcement, and
+authentication through peerauth.py (after adopting the peer's own config by IDi/IDr when the
+responder's peer was undecided at IKE_SA_INIT). Must not touch sockets or the clock; it only calls the
+session's plumbing (_request/_respond/_emit/_fail).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class EstablishMixin:
             P.Notify(Notify.NAT_DETECTION_DESTINATION_IP, data=nat_hash(sa.spi_i, bytes(8), self.remote)),
             *peerauth.init_notifies(self.config),
         ]
+        if self.config.fragmentation:  # RFC 7383 §2.3
+            pl.append(P.Notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED))
         self._request(
             sa,
             Request(Exchange.IKE_SA_INIT, pl, self._on_init_response, "init", {"offer": props}),
@@ -105,6 +108,7 @@ class EstablishMixin:
         self._derive_ike(st)
         self._detect_nat(n, msg, responder=False)
         self._peer_hashes = peerauth.peer_hashes(n)
+        self.fragmentation = self.config.fragmentation and Notify.IKEV2_FRAGMENTATION_SUPPORTED in n
         if self.encap:
             assert self.remote is not None
             self.remote = (self.remote[0], NATT_PORT)
@@ -185,11 +189,15 @@ class EstablishMixin:
             *peerauth.certreqs(self.config),
             *peerauth.init_notifies(self.config),
         ]
+        # RFC 7383 §2.3: announce it back only to an initiator that announced it
+        self.fragmentation = self.config.fragmentation and Notify.IKEV2_FRAGMENTATION_SUPPORTED in n
+        if self.fragmentation:
+            out.append(P.Notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED))
         self._peer_hashes = peerauth.peer_hashes(n)
         self._init_chosen = chosen
         self._derive_ike(st)
         self._respond(sa, msg, out)
-        self._init_req, self._init_resp = msg.raw, sa.cache[2] if sa.cache else b""
+        self._init_req, self._init_resp = msg.raw, sa.cache[2][0] if sa.cache else b""
         self.state = "half_open"
         self._half_open_deadline = now + self.config.half_open_timeout
 

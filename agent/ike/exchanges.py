@@ -38,6 +38,7 @@ class ExchangesMixin:
         ignore_dh: bool,
         nonce: bytes | None,
         old: ChildSa | None = None,
+        ike: IkeSaState | None = None,
     ) -> tuple[list[Any], ChildSa | None, str]:
         """Responder side of a Child SA negotiation: (response payloads, new child or None, failure).
 
@@ -139,6 +140,7 @@ class ExchangesMixin:
             now,
             we_initiated=False,
             policy=pol.name,
+            ike=ike,
         )
         child.specs = specs_of(pol)
         out: list[Any] = [P.Notify(Notify.USE_TRANSPORT_MODE)] if mode == "transport" else []
@@ -162,10 +164,14 @@ class ExchangesMixin:
         now: float,
         we_initiated: bool,
         policy: str = "",
+        ike: IkeSaState | None = None,
     ) -> ChildSa:
-        assert self.sa.keys is not None
+        # KEYMAT comes from SK_d of the IKE SA this CREATE_CHILD_SA exchange runs on (RFC 7296
+        # §2.17), which is not self.sa when an IKE rekey completed while the exchange was in flight
+        ike = ike or self.sa
+        assert ike.keys is not None and ike.suite is not None and ike.suite.prf_id is not None
         _, per_dir = keymat_sizes(st)
-        km = child_keymat(self._prf_id(), self.sa.keys.sk_d, ni, nr, 2 * per_dir, gir)
+        km = child_keymat(ike.suite.prf_id, ike.keys.sk_d, ni, nr, 2 * per_dir, gir)
         kin, kout = split_keymat(km, per_dir, we_initiated)
         rekey_at, expire_at = self._child_times(now, self._policy_life.get(policy))
         c = ChildSa(spi_in, spi_out, st, mode, ts_local, ts_remote, kin, kout, now, rekey_at, expire_at)
@@ -173,7 +179,14 @@ class ExchangesMixin:
         return c
 
     def _complete_child(
-        self, ctx: dict[str, Any], inner: list[Any], ni: bytes, nr: bytes, now: float, ignore_dh: bool
+        self,
+        ctx: dict[str, Any],
+        inner: list[Any],
+        ni: bytes,
+        nr: bytes,
+        now: float,
+        ignore_dh: bool,
+        ike: IkeSaState | None = None,
     ) -> ChildSa | str:
         """Initiator side: check the responder's answer and derive the child, or say what is wrong."""
         n = P.notifies(inner)
@@ -216,6 +229,7 @@ class ExchangesMixin:
             now,
             we_initiated=True,
             policy=ctx["policy"],
+            ike=ike,
         )
         child.specs = ctx["specs"]
         if mode != ctx["mode"]:
@@ -331,8 +345,9 @@ class ExchangesMixin:
         if not nonces and not any(Notify.is_error(t) for t in n):
             res = "INVALID_SYNTAX: CREATE_CHILD_SA response lacks Nr"
         else:
+            ike = next((x for x in self._all_sas() if (x.spi_i, x.spi_r) == (msg.spi_i, msg.spi_r)), None)
             res = self._complete_child(
-                ctx, inner, ctx["ni"], nonces[0].data if nonces else b"", now, ignore_dh=False
+                ctx, inner, ctx["ni"], nonces[0].data if nonces else b"", now, ignore_dh=False, ike=ike
             )
         if isinstance(res, str):
             self._release_spi(ctx["spi_in"])
@@ -389,7 +404,9 @@ class ExchangesMixin:
                 return
         nr = os.urandom(NONCE_LEN)
         ni = nonces[0].data
-        out, child, reason = self._accept_child(inner, ni, nr, now, ignore_dh=False, nonce=nr, old=old)
+        out, child, reason = self._accept_child(
+            inner, ni, nr, now, ignore_dh=False, nonce=nr, old=old, ike=sa
+        )
         self._respond(sa, msg, out)
         if child is not None and old is not None and old.state == "rekeying":
             old.collision = (ni, nr)  # both of us are rekeying `old`: decide when our exchange completes

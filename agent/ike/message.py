@@ -2,7 +2,8 @@
 payload (§3.14) around it.
 
 Owns parse/encode of whole messages; SK contents are sealed/opened by a crypto.SkCipher handed in by
-the session. Raises only payloads.ParseError (bad framing) and crypto.IntegrityError (bad ICV).
+the session; fragments.py builds and opens the Encrypted Fragment payload (RFC 7383) that this
+module locates. Raises only payloads.ParseError (bad framing) and crypto.IntegrityError (bad ICV).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .payloads import GENERIC, ParseError, Payload, encode_chain, parse_chain, p
 
 HEADER = struct.Struct("!8s8sBBBBII")  # SPIi, SPIr, next payload, version, exchange, flags, msg id, length
 assert HEADER.size == IKE_HEADER_LEN
+SKF_NUMBERS = struct.Struct("!HH")  # Fragment Number, Total Fragments after the generic header
+SKF_HEADER = struct.Struct("!BBHHH")
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class Message:
     payloads: list[Payload] = field(default_factory=list)
     raw: bytes = b""  # the octets as received or sent (AUTH signs IKE_SA_INIT messages verbatim)
     sk_first: int | None = None  # first inner payload type when an SK payload is present
-    sk_aad_end: int = 0  # octets before the IV: header + cleartext payloads + SK generic header
+    sk_aad_end: int = 0  # octets before the IV: header + cleartext payloads + SK (or SKF) header
+    frag: tuple[int, int] | None = None  # (Fragment Number, Total Fragments) of an SKF message (RFC 7383)
 
     @property
     def is_response(self) -> bool:
@@ -93,8 +97,13 @@ def parse_message(data: bytes) -> Message:
             msg.sk_first = following
             msg.sk_aad_end = off + GENERIC.size
             return msg
-        if nxt == PT.SKF:
-            raise ParseError("IKE fragmentation (SKF) is not supported")
+        if nxt == PT.SKF:  # RFC 7383 §2.5: like SK, plus Fragment Number and Total Fragments
+            if off + length != len(data) or length < SKF_HEADER.size:
+                raise ParseError("SKF payload is not the last payload or is truncated")
+            msg.frag = SKF_NUMBERS.unpack_from(data, off + GENERIC.size)
+            msg.sk_first = following
+            msg.sk_aad_end = off + SKF_HEADER.size
+            return msg
         msg.payloads.append(parse_one(nxt, bool(flags & 0x80), data[off + GENERIC.size : off + length]))
         off += length
         nxt = following

@@ -126,4 +126,11 @@ def deferred_config(
         seed=first.seed,
         wall_clock=first.wall_clock,
         resolve=resolve,
+        # RFC 7383: announced if any candidate wants it; the IKE_AUTH request is reassembled before
+        # the peer is known, so within the most generous candidate's limits
+        fragmentation=any(c.fragmentation for c in cfgs),
+        fragment_size=min(c.fragment_size for c in cfgs),
+        max_fragments=max(c.max_fragments for c in cfgs),
+        max_reassembly=max(c.max_reassembly for c in cfgs),
+        fragment_timeout=max(c.fragment_timeout for c in cfgs),
     )

@@ -58,7 +58,7 @@ class IkeResponder:
         self._finished_stats: Counter[str] = Counter()
         # finished SAs' last responses, so a retransmitted final request (e.g. an IKE_AUTH we refused
         # with AUTHENTICATION_FAILED) still gets its answer: our SPI -> (forget at, request digest, response)
-        self._tombstones: dict[bytes, tuple[float, bytes, bytes, Addr, int]] = {}
+        self._tombstones: dict[bytes, tuple[float, bytes, tuple[bytes, ...], Addr, int]] = {}
         self._now = now
 
     # ------------------------------------------------------------------ API
@@ -85,7 +85,7 @@ class IkeResponder:
             _, digest, response, dst, lport = self._tombstones[ours]
             if hashlib.sha256(datagram).digest() == digest:
                 self.stats["retransmit_answered_after_close"] += 1
-                self._out.append((response, dst, lport))
+                self._out.extend((raw, dst, lport) for raw in response)
                 return
         if session is None and h.exchange == Exchange.IKE_SA_INIT and h.from_initiator and not h.is_response:
             session = self._by_init.get((h.spi_i, addr))

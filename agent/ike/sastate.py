@@ -19,6 +19,7 @@ from typing import Any
 from .constants import Exchange, Notify
 from .crypto import IkeKeys, SkCipher, sk_ciphers
 from .events import Addr
+from .fragments import Reassembler
 from .message import Message
 from .proposals import Suite
 
@@ -50,7 +51,8 @@ class Request:
     kind: str
     ctx: dict[str, Any] = field(default_factory=dict)
     mid: int = -1
-    raw: bytes = b""
+    raw: bytes = b""  # the whole message (for IKE_SA_INIT: the octets AUTH signs)
+    wire: tuple[bytes, ...] = ()  # the datagrams sent: the message, or its RFC 7383 fragments
     first_sent: float = 0.0
     last_sent: float = 0.0
     tries: int = 0
@@ -72,7 +74,9 @@ class IkeSaState:
         self.peer_mid = 0
         self.pending: Request | None = None
         self.queue: deque[Request] = deque()
-        self.cache: tuple[int, bytes, bytes] | None = None  # (peer msg id, request digest, response)
+        # (peer msg id, request digest, response datagrams: one, or the RFC 7383 fragments)
+        self.cache: tuple[int, bytes, tuple[bytes, ...]] | None = None
+        self.reassembly: Reassembler | None = None  # fragments in reassembly (RFC 7383), made on first use
         self.rekey_at = inf
         self.expire_at = inf
 

@@ -4,6 +4,7 @@ Owns the exchanges (IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL) as in
 message IDs (window 1), retransmission with exponential backoff, the cached last response, NAT
 detection and the float to port 4500, lifetimes with jitter, make-before-break rekeying, simultaneous
 child rekey (§2.8.1), DPD and deletion. Time is always an argument; nothing here touches a socket.
+Messages larger than one fragment go out, and come in, as RFC 7383 fragments (fragmenting.py).
 
 Datagrams are (bytes, (host, port)) WITHOUT the RFC 3948 non-ESP marker: when `local_port` is 4500
 the adapter sends them from its 4500 socket and prepends the 4-octet zero marker, and it strips the
@@ -29,18 +30,18 @@ from . import payloads as P
 from .child import ChildSa, policy_for
 from .config import MODES, IkeConfig
 from .constants import IKE_PORT, NATT_PORT, Exchange, Flag, Notify, Proto, TransformType
-from .crypto import IntegrityError
 from .establish import EstablishMixin
 from .events import Addr, ChildSaDeleted, Event, IkeSaDeleted, IkeSaFailed, PeerDead
 from .exchanges import ExchangesMixin
-from .message import Message, decrypt_message, encode_encrypted, encode_plain, parse_message
+from .fragmenting import FragmentingMixin
+from .message import Message, encode_plain, parse_message
 from .proposals import ProposalSpec, offer, parse_proposals
 from .sastate import ERROR_STATES, NONCE_LEN, IkeSaState, Request, exchange_name, nat_hash
 
 log = logging.getLogger(__name__)
 
 
-class IkeSession(EstablishMixin, ExchangesMixin):
+class IkeSession(EstablishMixin, ExchangesMixin, FragmentingMixin):
     """IKE SA state machine. Feed it datagrams and time; collect datagrams, events and a deadline."""
 
     def __init__(
@@ -67,6 +68,9 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         # owner checks it against revocations pushed after the SA is up
         self.peer_cert: x509.Certificate | None = None
         self.initial_contact = False  # the peer sent INITIAL_CONTACT in IKE_AUTH (responder side)
+        # both sides announced IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT (RFC 7383 §2.3); kept
+        # across IKE rekeys
+        self.fragmentation = False
         self.spi_alloc: Callable[[], bytes] = self._random_child_spi  # the dispatcher shares a host-wide one
         self.spi_free: Callable[[bytes], None] = lambda spi: None
         self._reserved: set[bytes] = set()
@@ -112,6 +116,9 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         if bool(msg.flags & Flag.INITIATOR) == sa.initiator:
             self._drop("bad_flags", "Initiator flag claims our own role")
             return
+        if msg.frag is not None and msg.exchange == Exchange.IKE_SA_INIT:
+            self._drop("fragment_malformed", "IKE_SA_INIT is never fragmented (RFC 7383 §2.5)")
+            return
         if msg.is_response:
             self._on_response(sa, msg, addr, now, local_port)
         else:
@@ -131,6 +138,8 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         for sa in self._all_sas():
             if sa.pending is not None:
                 t.append(sa.pending.deadline)
+            if sa.reassembly is not None:
+                t.append(sa.reassembly.deadline())
         if self.state == "established":
             t += [self.sa.rekey_at, self.sa.expire_at, self._dpd_deadline()]
             for c in self.children.values():
@@ -150,6 +159,9 @@ class IkeSession(EstablishMixin, ExchangesMixin):
                 quiet=True,
             )
             return
+        for sa in self._all_sas():
+            if sa.reassembly is not None:
+                self.stats["fragments_reassembly_timeout"] += sa.reassembly.expire(now)
         for sa in self._all_sas():
             if sa.pending is not None and now >= sa.pending.deadline:
                 self._retransmit(sa, now)
@@ -396,14 +408,16 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         msg = Message(sa.spi_i, sa.spi_r, req.exchange, flags, req.mid, req.payloads)
         if req.exchange == Exchange.IKE_SA_INIT:
             req.raw = encode_plain(msg)
+            req.wire = (req.raw,)
         else:
-            assert sa.out is not None
-            req.raw = encode_encrypted(msg, sa.out)
+            req.wire = self._seal(sa, msg)
+            req.raw = b"".join(req.wire)
         req.first_sent = req.last_sent = now
         req.tries = 0
         req.deadline = now + self.config.retransmit_timeout
         sa.pending = req
-        self._send(req.raw)
+        for raw in req.wire:
+            self._send(raw)
 
     def _pump(self, sa: IkeSaState, now: float) -> None:
         if sa.pending is None and sa.queue and self.state not in ERROR_STATES:
@@ -439,20 +453,17 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         req.last_sent = now
         req.deadline = now + cfg.retransmit_timeout * cfg.retransmit_base**req.tries
         self.stats["retransmitted"] += 1
-        self._send(req.raw)
+        for raw in req.wire:  # RFC 7383 §2.6.1: a retransmission resends every fragment
+            self._send(raw)
 
     def _respond(self, sa: IkeSaState, req: Message, payloads: list[Any]) -> None:
         flags = Flag.RESPONSE | (Flag.INITIATOR if sa.initiator else 0)
         msg = Message(sa.spi_i, sa.spi_r, req.exchange, flags, req.message_id, payloads)
-        if req.exchange == Exchange.IKE_SA_INIT:
-            raw = encode_plain(msg)
-        else:
-            assert sa.out is not None
-            raw = encode_encrypted(msg, sa.out)
-        sa.cache = (req.message_id, hashlib.sha256(req.raw).digest(), raw)
+        wire = (encode_plain(msg),) if req.exchange == Exchange.IKE_SA_INIT else self._seal(sa, msg)
+        sa.cache = (req.message_id, hashlib.sha256(req.raw).digest(), wire)
         sa.peer_mid = req.message_id + 1
-        self._send(raw)
-        return
+        for raw in wire:
+            self._send(raw)
 
     def _emit(self, ev: Event) -> None:
         self._events.append(ev)
@@ -523,12 +534,8 @@ class IkeSession(EstablishMixin, ExchangesMixin):
         if msg.exchange == Exchange.IKE_SA_INIT:
             inner = msg.payloads
         else:
-            assert sa.inb is not None
             try:
-                inner = decrypt_message(msg, sa.inb)
-            except IntegrityError as exc:
-                self._drop("integrity", f"response {msg.message_id}: {exc}")
-                return
+                opened = self._open(sa, msg, now)
             except P.ParseError as exc:
                 sa.pending = None
                 log.warning(
@@ -541,6 +548,9 @@ class IkeSession(EstablishMixin, ExchangesMixin):
                     self._fail(f"INVALID_SYNTAX in {Exchange(msg.exchange).name} response: {exc}", now)
                 self._pump(sa, now)
                 return
+            if opened is None:
+                return
+            inner = opened
             self._last_seen = now
             self._peer_moved(addr, local_port)
         sa.pending = None
@@ -551,9 +561,12 @@ class IkeSession(EstablishMixin, ExchangesMixin):
 
     def _on_request(self, sa: IkeSaState, msg: Message, addr: Addr, now: float, local_port: int) -> None:
         if sa.cache is not None and msg.message_id == sa.cache[0] and msg.message_id == sa.peer_mid - 1:
-            if hashlib.sha256(msg.raw).digest() == sa.cache[1]:
+            if msg.frag is not None:
+                self._fragment_retransmitted(sa, msg)
+            elif hashlib.sha256(msg.raw).digest() == sa.cache[1]:
                 self.stats["retransmit_answered"] += 1
-                self._send(sa.cache[2])
+                for raw in sa.cache[2]:
+                    self._send(raw)
             else:
                 self._drop("stale_request", f"message {msg.message_id} differs from the answered one")
             return
@@ -572,10 +585,7 @@ class IkeSession(EstablishMixin, ExchangesMixin):
             self._drop("no_keys", "encrypted request before keys exist")
             return
         try:
-            inner = decrypt_message(msg, sa.inb)
-        except IntegrityError as exc:
-            self._drop("integrity", f"request {msg.message_id}: {exc}")
-            return
+            opened = self._open(sa, msg, now)
         except P.ParseError as exc:
             log.warning(
                 "IKE %s: malformed authenticated %s request: %s; answering INVALID_SYNTAX",
@@ -588,6 +598,9 @@ class IkeSession(EstablishMixin, ExchangesMixin):
             if self.state in ("half_open", "auth"):
                 self._fail(f"INVALID_SYNTAX in {exchange_name(msg.exchange)} request: {exc}", now)
             return
+        if opened is None:
+            return
+        inner = opened
         self._last_seen = now
         self._peer_moved(addr, local_port)
         crit = next((p for p in inner if isinstance(p, P.Unknown) and p.critical), None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -263,7 +263,7 @@ def test_choose_scheme_refusals() -> None:
     ):
         auth.choose_scheme(pk.key("ed25519"), [2])
     with pytest.raises(AuthError, match="no common"):
-        auth.choose_scheme(pk.key("rsa"), [1, 3])
+        auth.choose_scheme(pk.key("rsa"), [1, 5])
     assert (
         auth.choose_scheme(pk.key("rsa"), [2], DEFAULT_ALLOWED_SCHEMES | {RSA_PKCS1_SHA256}) == RSA_PSS_SHA256
     )
@@ -378,3 +378,27 @@ def test_property_hash_notify_parser(data: bytes) -> None:
 def test_ed25519_and_ec_keys_from_cryptography_types() -> None:
     assert isinstance(pk.key("ed25519"), ed25519.Ed25519PrivateKey)
     assert isinstance(pk.key("ec"), ec.EllipticCurvePrivateKey)
+
+
+def test_rsa_pss_with_sha384_and_sha512_as_charon_signs_by_default() -> None:
+    """charon (rsa_pss = yes) signs with RSASSA-PSS and the hash that fits the key, salt = hash length;
+    the AlgorithmIdentifier is RFC 7427 A.4.3's with the hash OID and salt length changed."""
+    a384 = auth.RSA_PSS_SHA384.algorithm_identifier.hex()
+    assert a384.startswith("3041") and a384.endswith("a203020130")  # salt 48, as charon sends it
+    assert a384.count("06096086480165030402020500") == 2  # sha384 in hashAlgorithm and in MGF1
+    assert auth.RSA_PSS_SHA512.algorithm_identifier.hex().endswith("a203020140")
+    small, big = pk.key("rsa"), rsa.generate_private_key(65537, 4096)
+    assert auth.choose_scheme(small, [2, 3, 4]) == RSA_PSS_SHA256  # 2048 bits: SHA-256 fits
+    assert auth.choose_scheme(big, [2, 3, 4]) == auth.RSA_PSS_SHA384  # 4096 bits: SHA-384, as charon
+    assert auth.choose_scheme(small, [4]) == auth.RSA_PSS_SHA512  # only what the peer announced
+    for scheme in (auth.RSA_PSS_SHA384, auth.RSA_PSS_SHA512):
+        data = auth.sign_auth(small, b"signed octets", scheme)
+        assert auth.verify_signature_auth(small.public_key(), b"signed octets", data) == scheme
+        with pytest.raises(AuthError, match="does not verify"):
+            auth.verify_signature_auth(small.public_key(), b"other octets", data)
+    # a PSS signature whose salt differs from what the identifier says does not verify
+    h = hashes.SHA384()
+    bad = small.sign(b"m", padding.PSS(mgf=padding.MGF1(h), salt_length=32), h)
+    alg = auth.RSA_PSS_SHA384.algorithm_identifier
+    with pytest.raises(AuthError, match="does not verify"):
+        auth.verify_signature_auth(small.public_key(), b"m", bytes([len(alg)]) + alg + bad)
