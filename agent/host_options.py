@@ -1,8 +1,10 @@
 """Host settings of one agent that the data plane needs and the control plane does not: the TUN clone
-device, the IKE and NAT-T ports, the node's own addresses (a DaemonSet gets them from the Downward API).
+device and interface name, the IKE and NAT-T ports, the node's own addresses (a DaemonSet gets them
+from the Downward API).
 
-Owns parsing and validating them (flags and MESHSEC_* env, see main.py) and handing them to the
-reconciler factory.  It must not open devices or sockets: the runtime (agent/runtime) does that.
+Owns parsing and validating them (flags and MESHSEC_* env, see main.py), the names of the built-in
+reconcilers (`runtime`, the default, and `record`), and handing the settings to the reconciler
+factory.  It must not open devices or sockets: the runtime (agent/runtime) does that.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ log = logging.getLogger(__name__)
 DEFAULT_TUN_DEVICE = "/dev/net/tun"
 DEFAULT_IKE_PORT = 500
 DEFAULT_NATT_PORT = 4500
+DEFAULT_TUN_NAME = "meshsec0"
+
+#: `--reconciler NAME` for the built-in ones.  `runtime` (IKE + ESP on a TUN device) is what a host
+#: runs; `record` only records and reports the desired state (tests of the control plane alone, which
+#: must not create TUN devices or bind 500/4500 where they run).
+RECONCILERS = {
+    "runtime": "meshsec.agent.runtime.host:reconciler",
+    "record": "meshsec.agent.controlplane:RecordingReconciler",
+}
+DEFAULT_RECONCILER = "runtime"
 
 
 class HostOptionError(ValueError):
@@ -37,15 +49,10 @@ class HostOptions:
     node_ip: str = ""  # the node's primary address (status.hostIP); "" = unknown
     node_ips: tuple[str, ...] = field(default_factory=tuple)  # every address of the node, both families
     state_dir: Path | None = None  # node-key.pem and node.pem, for IKE certificate authentication
+    tun_name: str = DEFAULT_TUN_NAME  # the TUN interface the runtime creates (at most 15 bytes)
 
     def is_default(self) -> bool:
-        return (self.tun_device, self.ike_port, self.natt_port, self.node_ip, self.node_ips) == (
-            DEFAULT_TUN_DEVICE,
-            DEFAULT_IKE_PORT,
-            DEFAULT_NATT_PORT,
-            "",
-            (),
-        )
+        return self == HostOptions(state_dir=self.state_dir)
 
 
 def parse_port(text: str, flag: str) -> int:
@@ -83,10 +90,16 @@ def build(
     node_ip: str,
     node_ips: str,
     state_dir: Path | None,
+    tun_name: str = DEFAULT_TUN_NAME,
 ) -> HostOptions:
     """HostOptions from the raw flag values; HostOptionError for the first bad one."""
     if not tun_device.startswith("/"):
         raise HostOptionError(f"--tun-device: {tun_device!r} is not an absolute path")
+    if not 0 < len(tun_name.encode()) <= 15 or "/" in tun_name or any(c.isspace() for c in tun_name):
+        raise HostOptionError(
+            f"--tun-name (env MESHSEC_TUN): {tun_name!r} is not an interface name "
+            "(1-15 bytes, no '/' or spaces)"
+        )
     ike = parse_port(str(ike_port), "--ike-port (env MESHSEC_IKE_PORT)")
     natt = parse_port(str(natt_port), "--natt-port (env MESHSEC_NATT_PORT)")
     if ike == natt:
@@ -95,17 +108,24 @@ def build(
     ips = parse_ips(node_ips, "--node-ips (env MESHSEC_NODE_IPS)")
     if primary and primary not in ips:
         ips = (primary, *ips)
-    return HostOptions(tun_device, ike, natt, primary, ips, state_dir)
+    return HostOptions(tun_device, ike, natt, primary, ips, state_dir, tun_name)
 
 
-def make_reconciler(spec: str, host: HostOptions, default: Callable[[], Any]) -> Any:
-    """The reconciler of `--reconciler module:factory` (default() when empty).  The factory gets
-    `host=` when it takes that keyword; otherwise non-default host settings are ignored, said once."""
-    if not spec:
+def make_reconciler(spec: str, host: HostOptions, default: Callable[..., Any] | None = None) -> Any:
+    """The reconciler of `--reconciler NAME|module:factory`: a built-in name (RECONCILERS), a factory
+    path, or, when empty, default() (the runtime when no default is given).  The factory gets `host=`
+    when it takes that keyword; otherwise non-default host settings are ignored, said once."""
+    spec = RECONCILERS.get(spec, spec)
+    if not spec and default is not None:
         factory: Callable[..., Any] = default
     else:
+        spec = spec or RECONCILERS[DEFAULT_RECONCILER]
         module, _, attr = spec.partition(":")
-        factory = getattr(importlib.import_module(module), attr or "Reconciler")
+        try:
+            factory = getattr(importlib.import_module(module), attr or "Reconciler")
+        except (ImportError, AttributeError, ValueError) as exc:
+            names = ", ".join(RECONCILERS)
+            raise HostOptionError(f"--reconciler {spec!r}: {exc} (use {names} or module:factory)") from None
     try:
         accepts = "host" in inspect.signature(factory).parameters
     except (TypeError, ValueError):  # a builtin or C callable: no keywords known
@@ -116,6 +136,6 @@ def make_reconciler(spec: str, host: HostOptions, default: Callable[[], Any]) ->
         log.warning(
             "reconciler %s does not take host settings: --tun-device/--ike-port/--natt-port/--node-ip(s) "
             "are not applied",
-            spec or "(record and report)",
+            spec or "(default)",
         )
     return factory()

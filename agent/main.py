@@ -1,9 +1,10 @@
 """`meshsec-agent`: enroll once, then keep this host's desired state from the controller (fail static).
 
-Owns the command line and process setup.  For now it runs the control-plane client with a pluggable
-reconciler (default: record and report); the IKE/ESP data plane plugs in here later, and gets the host
-settings (host_options.py) its factory asks for.  In a Kubernetes pod it can announce the node's
-podCIDRs (k8s.py).  Tokens and keys are never logged.
+Owns the command line and process setup: it runs the control-plane client with a pluggable
+reconciler, by default the IKE/ESP runtime (meshsec.agent.runtime.host:reconciler), which gets the host
+settings (host_options.py: TUN device and name, IKE/NAT-T ports, node IPs); `--reconciler record` only
+records and reports.  In a Kubernetes pod it can announce the node's podCIDRs (k8s.py).  Tokens and
+keys are never logged.
 
 Exit codes: 0 stopped by signal, 1 enrollment refused or bad configuration, 2 usage error.
 """
@@ -27,7 +28,6 @@ from meshsec.agent.controlplane import (
     ControlPlaneClient,
     DesiredStateCache,
     EnrollError,
-    RecordingReconciler,
     enroll,
     enroll_address,
 )
@@ -102,13 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--reconciler",
-        default=env("MESHSEC_RECONCILER", ""),
-        help="module:factory building the Reconciler (default: record and report)",
+        default=env("MESHSEC_RECONCILER", host_options.DEFAULT_RECONCILER),
+        help="runtime (IKE + ESP on a TUN device, the default), record (only record and report the "
+        "desired state), or module:factory building a Reconciler (env MESHSEC_RECONCILER)",
     )
     p.add_argument(
         "--tun-device",
         default=env("MESHSEC_TUN_DEVICE", host_options.DEFAULT_TUN_DEVICE),
         help="TUN clone device for the data plane (env MESHSEC_TUN_DEVICE)",
+    )
+    p.add_argument(
+        "--tun-name",
+        default=env("MESHSEC_TUN", host_options.DEFAULT_TUN_NAME),
+        help="name of the TUN interface the agent creates (env MESHSEC_TUN)",
     )
     p.add_argument(
         "--ike-port",
@@ -222,6 +228,7 @@ def host_settings(args: argparse.Namespace) -> host_options.HostOptions:
         node_ip=args.node_ip,
         node_ips=args.node_ips,
         state_dir=args.state_dir,
+        tun_name=args.tun_name,
     )
 
 
@@ -258,7 +265,7 @@ async def _run(
     node = identity.node_name()
     if args.node and args.node != node:
         raise EnrollError(f"state dir {args.state_dir} holds the identity of {node!r}, not {args.node!r}")
-    reconciler = host_options.make_reconciler(args.reconciler, args.host, RecordingReconciler)
+    reconciler = host_options.make_reconciler(args.reconciler, args.host)
     client = ControlPlaneClient(
         address=args.controller,
         node=node,

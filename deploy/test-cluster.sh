@@ -14,31 +14,38 @@
 # Usage: deploy/test-cluster.sh [--build-only] [--keep] [--pods]
 #   --build-only  build/fetch the binaries and exit
 #   --keep        leave the API server running (prints KUBECONFIG); stop it with the printed kill
-#   --pods        kubelet + containerd + the image from deploy/build-image.sh: NOT YET (exit 3)
+#   --pods        then run the chart's pods for real: kubelet, kube-controller-manager and
+#                 kube-scheduler (same source package), Debian's containerd, runc and
+#                 containernetworking-plugins, the image from deploy/build-image.sh imported with
+#                 `ctr -n k8s.io images import`; shows etcd, controller and agent pods Ready and the
+#                 agent's TUN device.  Everything runs in its own network namespace (198.18.100.1,
+#                 no route out) and mount namespace: see deploy/test-cluster-pods.sh.
 # Needs root and Debian packages: golang-go dpkg-dev rsync jq golang-github-modern-go-reflect2-dev
-# etcd-server openssl (installed when missing), plus the repo's dev extras (helm-python-sdk).
-# Exit codes: 0 all checks passed, 1 a check failed, 2 usage, 3 not implemented.
+# etcd-server openssl (installed when missing), plus the repo's dev extras (helm-python-sdk);
+# --pods also containerd runc containernetworking-plugins dnsmasq-base.
+# Exit codes: 0 all checks passed, 1 a check failed, 2 usage.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${MESHSEC_K8S_CACHE:-/var/cache/meshsec-k8s}"
 K8S_VERSION="1.20.2"
 SRC_PKG="kubernetes"
-BUILD_ONLY=0 KEEP=0
+BUILD_ONLY=0 KEEP=0 PODS=0
+IN_NODE="${MESHSEC_NODE_NETNS:-}"  # set when this script runs again inside the node's namespaces
 for arg in "$@"; do
     case "$arg" in
         --build-only) BUILD_ONLY=1 ;;
         --keep) KEEP=1 ;;
-        --pods)
-            echo "test-cluster: --pods (kubelet + containerd running the image) is not implemented yet;" >&2
-            echo "  see docs/kubernetes.md, 'Testing on a real API server'" >&2
-            exit 3 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --pods) PODS=1 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "test-cluster: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
 
 log() { printf '[test-cluster %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# bash skips EXIT traps when a signal kills it: turn SIGTERM/SIGINT into an exit so cleanup runs.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 die() { echo "test-cluster: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (it installs Debian packages)"
 
@@ -89,12 +96,13 @@ build_apiserver() {
     rm -f "$src/vendor/github.com/modern-go/reflect2/go.mod"
     mkdir -p "$src/.go/src/k8s.io" "$CACHE/home"
     ln -sfn ../../.. "$src/.go/src/k8s.io/kubernetes"
-    log "building kube-apiserver $K8S_VERSION with $(go version | cut -d' ' -f3) (a few minutes)"
+    log "building $* $K8S_VERSION with $(go version | cut -d' ' -f3) (minutes each)"
     (cd "$src" && env GOPATH="$src/.go" CGO_ENABLED=0 HOME="$CACHE/home" GOCACHE="$CACHE/gocache" \
         KUBE_GIT_VERSION="v$K8S_VERSION" KUBE_GIT_TREE_STATE=clean KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20 \
-        nice -n 10 make WHAT=cmd/kube-apiserver >"$CACHE/build.log" 2>&1) \
-        || { tail -30 "$CACHE/build.log" >&2; die "kube-apiserver build failed (log: $CACHE/build.log)"; }
-    install -m 0755 "$src/_output/bin/kube-apiserver" "$APISERVER"
+        nice -n 10 make WHAT="$*" >"$CACHE/build.log" 2>&1) \
+        || { tail -30 "$CACHE/build.log" >&2; die "$* build failed (log: $CACHE/build.log)"; }
+    local what
+    for what in "$@"; do install -m 0755 "$src/_output/bin/$(basename "$what")" "$CACHE/bin/"; done
     rm -rf "$src"
 }
 
@@ -110,7 +118,14 @@ fetch_kubectl() {
     rm -rf "$CACHE/kubernetes-client"
 }
 
-if [ ! -x "$APISERVER" ]; then build_apiserver; fi
+if [ ! -x "$APISERVER" ]; then build_apiserver cmd/kube-apiserver; fi
+if [ "$PODS" -eq 1 ]; then
+    NODE_BINS=()
+    for what in cmd/kubelet cmd/kube-controller-manager cmd/kube-scheduler; do
+        [ -x "$CACHE/bin/$(basename "$what")" ] || NODE_BINS+=("$what")
+    done
+    if [ "${#NODE_BINS[@]}" -gt 0 ]; then build_apiserver "${NODE_BINS[@]}"; fi
+fi
 if [ ! -x "$KUBECTL" ]; then fetch_kubectl; fi
 "$APISERVER" --version | grep -q "v$K8S_VERSION" || die "$APISERVER is not $K8S_VERSION"
 need_apt etcd-server openssl
@@ -118,9 +133,19 @@ systemctl disable --now etcd >/dev/null 2>&1 || true
 python3 -c "import helm_python, kubernetes_validate" 2>/dev/null \
     || die "helm-python-sdk missing: pip install -e '.[dev]'"
 [ "$BUILD_ONLY" -eq 1 ] && { log "binaries ready in $CACHE/bin"; exit 0; }
+if [ "$PODS" -eq 1 ]; then
+    # shellcheck disable=SC1091  # shellchecked on its own (tests/deploy/test_scripts.py)
+    source "$ROOT/deploy/test-cluster-pods.sh"
+    if [ -z "$IN_NODE" ]; then
+        [ "$KEEP" -eq 0 ] || die "--keep and --pods together are not supported"
+        pods_outer "$@"
+        exit $?
+    fi
+fi
 
 # --- a throwaway control plane on 127.0.0.1 --------------------------------------------------------
 WORK="$(mktemp -d /tmp/meshsec-cluster.XXXXXX)"
+[ -n "$IN_NODE" ] && echo "$WORK" >"/tmp/$IN_NODE.work"  # for the host side's cleanup
 PIDS=()
 cleanup() {
     local rc=$?
@@ -154,8 +179,18 @@ issue() { # name subject ext
     ossl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 1 \
         -extfile "$PKI/$1.ext" -out "$PKI/$1.crt"
 }
+SANS="IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+API_BIND=127.0.0.1 API_ADVERTISE=127.0.0.1 API_EXTRA=()
+if [ -n "$IN_NODE" ]; then
+    # Inside the node's own network namespace: also reachable on the node IP and as the `kubernetes`
+    # Service (pods), and able to reach kubelet for exec and logs.
+    SANS="$SANS,IP:$NODE_IP,IP:$API_SERVICE_IP"
+    API_BIND=0.0.0.0 API_ADVERTISE="$NODE_IP"
+    API_EXTRA=(--kubelet-client-certificate "$PKI/admin.crt" --kubelet-client-key "$PKI/admin.key"
+        --kubelet-preferred-address-types InternalIP)
+fi
 issue apiserver "/CN=kube-apiserver" \
-    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc
+    "subjectAltName=$SANS
 extendedKeyUsage=serverAuth"
 issue admin "/O=system:masters/CN=meshsec-test-admin" "extendedKeyUsage=clientAuth"
 ossl genrsa -out "$PKI/sa.key" 2048
@@ -174,7 +209,7 @@ log "kube-apiserver $K8S_VERSION on 127.0.0.1:$API_PORT"
 # uses the project's test range.
 "$APISERVER" \
     --etcd-servers "http://127.0.0.1:$ETCD_CLIENT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" --insecure-port 0 \
+    --bind-address "$API_BIND" --advertise-address "$API_ADVERTISE" --secure-port "$API_PORT" --insecure-port 0 \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
     --client-ca-file "$PKI/ca.crt" \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
@@ -182,7 +217,7 @@ log "kube-apiserver $K8S_VERSION on 127.0.0.1:$API_PORT"
     --service-cluster-ip-range 198.19.0.0/24 \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
     --allow-privileged=true --profiling=false --logtostderr=false --log-file "$WORK/apiserver.log" \
-    >"$WORK/apiserver.out" 2>&1 &
+    "${API_EXTRA[@]}" >"$WORK/apiserver.out" 2>&1 &
 PIDS+=($!)
 
 export KUBECONFIG="$WORK/admin.kubeconfig"
@@ -274,6 +309,10 @@ can no meshsec-controller create leases.coordination.k8s.io "$NS"
 can no meshsec-controller '*' '*'
 can no default get secrets "$NS"
 can no default get nodes
+
+if [ -n "$IN_NODE" ] && [ "$FAILED" -eq 0 ]; then
+    pods_phase
+fi
 
 if [ "$FAILED" -ne 0 ]; then
     echo "test-cluster: FAILED (logs were in $WORK)" >&2

@@ -45,8 +45,10 @@ class TunDevice:
             self.fd = -1
 
 
-def open_tun(name: str, *, vnet_hdr: bool = False, tso: bool = False) -> TunDevice:
-    """Create TUN `name` (IFF_TUN|IFF_NO_PI).
+def open_tun(
+    name: str, *, vnet_hdr: bool = False, tso: bool = False, device: str = "/dev/net/tun"
+) -> TunDevice:
+    """Create TUN `name` (IFF_TUN|IFF_NO_PI) through the clone `device` (a pod may mount it elsewhere).
 
     `vnet_hdr` lets us write coalesced TCP super-packets (GRO towards the host stack); `tso`
     additionally asks the kernel to hand us unsegmented TCP (up to 64 KB) with partial checksums,
@@ -58,9 +60,9 @@ def open_tun(name: str, *, vnet_hdr: bool = False, tso: bool = False) -> TunDevi
         raise TunError("TSO needs vnet_hdr")
     flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
     try:
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        raise TunError(f"cannot open /dev/net/tun: {exc.strerror}; is the tun module loaded?") from exc
+        raise TunError(f"cannot open {device}: {exc.strerror}; is the tun module loaded?") from exc
     try:
         ifr = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), flags))
         real_name = _IFREQ.unpack(ifr)[0].rstrip(b"\0").decode()

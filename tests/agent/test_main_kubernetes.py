@@ -54,6 +54,7 @@ def test_daemonset_agent_enrolls_from_token_file_and_announces_its_pod_cidrs(
                     "--kubernetes-sa-dir", str(api.sa_dir),
                     "--report-interval", "0.5",
                     "--log-level", "debug",
+                    "--reconciler", "record",  # root namespace: no TUN, no 500/4500
                 ]  # fmt: skip
                 env = {
                     **api.env,

@@ -240,5 +240,6 @@ def agent_proc(
         "--backoff-max", "0.5",
         "--idle-timeout", "3",
         "--report-interval", "1",
+        "--reconciler", "record",  # control plane only: no TUN or 500/4500 in the root namespace
     ]  # fmt: skip
     return Proc(args, agent_dir / log_name, env)

@@ -78,6 +78,8 @@ def test_validation_is_not_vacuous(default_objs: list[Obj], kube: str) -> None:
         {"etcd": {"mode": "external", "external": {"endpoints": ["etcd:2379"]}}},  # no scheme
         {"agent": {"caHash": "not-hex"}},
         {"agent": {"tunDevice": "net/tun"}},
+        {"agent": {"tunName": "a-name-longer-than-15"}},
+        {"agent": {"reconciler": "recording"}},  # neither a built-in name nor module:factory
         {"controller": {"antiAffinity": "sometimes"}},
         {"controller": {"grpcPort": 70000}},
         {"controller": {"replicaz": 3}},  # typo: additionalProperties is false everywhere

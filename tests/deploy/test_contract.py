@@ -14,17 +14,8 @@ import pytest
 from tests.deploy.conftest import REPO, Obj, container, env, find
 
 # Set by the chart, not read yet by the programs (requested from their owners; see docs/kubernetes.md).
-PENDING = {
-    "controller": {
-        "MESHSEC_HEALTH_LISTEN",  # HTTP /healthz /readyz /metrics
-        "MESHSEC_POD_IP",
-    },
-    "agent": {
-        "MESHSEC_HEALTH_LISTEN",  # HTTP /healthz (loop alive) /readyz (enrolled and synced)
-        "MESHSEC_POD_NAME",
-        "MESHSEC_POD_NAMESPACE",
-    },
-}
+# Empty: every variable the chart sets is read.
+PENDING: dict[str, set[str]] = {"controller": set(), "agent": set()}
 SOURCES = {"controller": REPO / "controller", "agent": REPO / "agent"}
 
 
@@ -85,3 +76,31 @@ def test_agent_parses_the_chart_command_line(
     assert args.node == "downward-MESHSEC_NODE"
     assert args.token == "downward-MESHSEC_TOKEN"
     assert str(args.state_dir) == "/var/lib/meshsec/agent"
+    assert args.reconciler == "runtime"
+
+
+def test_the_chart_agent_runs_the_runtime_with_its_host_settings(
+    default_objs: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the DaemonSet's env builds: the IKE/ESP runtime (not record-and-report), with the chart's
+    TUN device and name, ports, and the node IPs from the Downward API."""
+    from meshsec.agent.host_options import make_reconciler
+    from meshsec.agent.main import build_parser, host_settings
+    from meshsec.agent.runtime.host import AgentRuntime
+
+    spec = find(default_objs, "DaemonSet", "meshsec-agent")["spec"]["template"]["spec"]
+    c = container(spec, "agent")
+    downward = {"MESHSEC_NODE_IP": "198.18.0.7", "MESHSEC_NODE_IPS": "198.18.0.7,fd00:18::7"}
+    for name, e in env(c).items():
+        monkeypatch.setenv(name, e.get("value", downward.get(name, f"downward-{name}")))
+    args = build_parser().parse_args(c.get("args", []))
+    made = make_reconciler(args.reconciler, host_settings(args))
+    assert isinstance(made, AgentRuntime)
+    o = made.opts
+    assert (o.tun_device, o.tun_name, o.ike_port, o.natt_port) == ("/dev/net/tun", "meshsec0", 500, 4500)
+    assert o.listen == ("198.18.0.7", "fd00:18::7")
+    assert str(o.state_dir) == "/var/lib/meshsec/agent"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["tun"] == o.tun_device  # the device the runtime opens is the one mounted
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert (ports["ike"], ports["nat-t"]) == (o.ike_port, o.natt_port)

@@ -20,7 +20,12 @@ SCRIPTS = sorted(DEPLOY.glob("*.sh"))
 
 
 def test_scripts_exist() -> None:
-    assert [p.name for p in SCRIPTS] == ["build-image.sh", "gen-etcd-tls.sh", "test-cluster.sh"]
+    assert [p.name for p in SCRIPTS] == [
+        "build-image.sh",
+        "gen-etcd-tls.sh",
+        "test-cluster-pods.sh",
+        "test-cluster.sh",
+    ]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -32,12 +37,29 @@ def test_shellcheck_clean(script: Path) -> None:
     assert script.stat().st_mode & 0o111, f"{script.name} is not executable"
 
 
-def test_test_cluster_pods_mode_says_not_yet() -> None:
-    """--pods is a stated gap, not a silent pass."""
-    result = subprocess.run(
-        ["bash", str(DEPLOY / "test-cluster.sh"), "--pods"], capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 3 and "not implemented" in result.stderr
+def test_test_cluster_usage() -> None:
+    """--help documents --pods (no longer a stated gap); an unknown argument is a usage error."""
+    script = str(DEPLOY / "test-cluster.sh")
+    result = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "--pods" in result.stdout and "NOT YET" not in result.stdout
+    result = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "unknown argument --bogus" in result.stderr
+
+
+def test_test_cluster_node_stays_in_the_test_ranges() -> None:
+    """The --pods node (kubelet, containerd, pods) may only use 198.18.0.0/15: its node IP, pod
+    bridge, cluster CIDR and Service range (the network rule); and it gets no default route."""
+    import ipaddress
+    import re
+
+    text = (DEPLOY / "test-cluster-pods.sh").read_text() + (DEPLOY / "test-cluster.sh").read_text()
+    test_net = ipaddress.ip_network("198.18.0.0/15")
+    found = re.findall(r"\b(\d+\.\d+\.\d+\.\d+)(?:/\d+)?\b", text)
+    assert len(found) >= 6
+    for addr in found:
+        ip = ipaddress.ip_address(addr)
+        assert ip in test_net or ip.is_loopback or ip.is_unspecified, addr
+    assert "route add default" not in text and "default via" not in text
 
 
 def _verify(ca: Path, cert: Path, hostname: str) -> subprocess.CompletedProcess[str]:

@@ -33,10 +33,6 @@
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
-- name: MESHSEC_POD_IP
-  valueFrom:
-    fieldRef:
-      fieldPath: status.podIP
 {{- end -}}
 
 {{- define "meshsec.controller.volumeMounts" -}}
