@@ -8,7 +8,9 @@ twice) and watches that resume from a revision.  It must not know what the keys 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -87,8 +89,42 @@ def _map_error(exc: BaseException, what: str) -> StoreError:
 _ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, asyncio.TimeoutError, OSError)
 
 
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """ "host:port", "[v6]:port" or "v6-literal" (no port) -> (host, port); etcd's client port by default."""
+    text = endpoint.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest.removeprefix(":") or 2379)
+    if text.count(":") > 1:  # a bare IPv6 literal
+        return text, 2379
+    host, _, port = text.partition(":")
+    return host, int(port or 2379)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def grpc_target(addresses: Sequence[tuple[str, int]]) -> str:
+    """The gRPC target for a list of IP addresses: one ``ipv4:``/``ipv6:`` list (round robin)."""
+    v6 = [(h, p) for h, p in addresses if ":" in h]
+    if v6 and len(v6) == len(addresses):
+        return "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in v6)
+    v4 = [(h, p) for h, p in addresses if ":" not in h]
+    return "ipv4:" + ",".join(f"{h}:{p}" for h, p in v4)  # gRPC cannot mix families in one list
+
+
 class Store:
-    """One connection to an etcd cluster (endpoints "host:port"); open() before use, close() after."""
+    """One connection to an etcd cluster (endpoints "host:port"); open() before use, close() after.
+
+    etcd3aio dials ``ipv4:`` address lists only; endpoints given by DNS name (a Kubernetes
+    StatefulSet's members) are resolved at open() and TLS then checks the first name, as etcdctl
+    does with its --endpoints.
+    """
 
     def __init__(
         self,
@@ -113,8 +149,36 @@ class Store:
         self._timeout = timeout
 
     async def open(self) -> Store:
+        parsed = [split_endpoint(e) for e in self.endpoints]
+        names = [h for h, _ in parsed if not _is_ip(h)]
+        if names:
+            addresses = await self._resolve(parsed)
+            self._client._manager.target = grpc_target(addresses)
+            if self._client._conn_args.get("ca_cert") is not None:
+                self._client._tls_server_name = names[0]
+        elif any(":" in h for h, _ in parsed):
+            self._client._manager.target = grpc_target(parsed)
         await self._client.connect()
         return self
+
+    async def _resolve(self, parsed: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        out: list[tuple[str, int]] = []
+        for host, port in parsed:
+            if _is_ip(host):
+                out.append((host, port))
+                continue
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise StoreUnavailable(f"etcd endpoint {host}:{port}: cannot resolve: {exc}") from None
+            for info in infos:
+                addr = (str(info[4][0]), port)
+                if addr not in out:
+                    out.append(addr)
+        if any(":" not in h for h, _ in out):
+            out = [a for a in out if ":" not in a[0]]  # one family per gRPC list: IPv4 when there is one
+        return out
 
     async def close(self) -> None:
         await self._client.close()
