@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from meshsec.agent.esp import Lifetime
@@ -34,16 +34,21 @@ from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.constants import Notify
 from meshsec.agent.ike.responder import IkeResponder
 from meshsec.agent.ike.session import IkeSession
-from meshsec.agent.runtime import mapping, plan
+from meshsec.agent.runtime import credentials, mapping, plan
 from meshsec.agent.runtime.routes import TunRoutes
 from meshsec.agent.runtime.sas import PeerState, SaInstaller, Session
 from meshsec.agent.runtime.status import node_status
 from meshsec.api.v1 import config_pb2, spec_pb2, status_pb2
 
+if TYPE_CHECKING:
+    from meshsec.agent.host_options import HostOptions
+
 log = logging.getLogger("meshsec.agent.runtime")
 _NOTIFY_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
 _NOTIFY_NAMES = frozenset(n.name for n in Notify)
 
+#: The IKE engine's ports (RFC 7296): it knows no others.  The wire's are RuntimeOptions.ike_port and
+#: natt_port; ports.MappedDataplane translates between the two at the data plane.
 NATT_PORT = 4500
 IKE_PORT = 500
 #: Every transform the ESP core supports: the TUN MTU is the smallest inner size over all of them, so
@@ -62,6 +67,10 @@ class RuntimeOptions:
 
     state_dir: Path | None = None  # node-key.pem + node.pem (certificate auth), as enrollment writes them
     tun_name: str = "meshsec0"
+    tun_device: str = "/dev/net/tun"  # the TUN clone device (a pod may mount the host's elsewhere)
+    ike_port: int = IKE_PORT  # UDP port bound for IKE; every agent of a mesh uses the same (ports.py)
+    natt_port: int = NATT_PORT  # UDP port bound for NAT-T IKE and ESP-in-UDP; the same mesh-wide
+    listen: tuple[str, ...] = ()  # the node's addresses (--node-ips): bound when the NodeConfig names none
     link_mtu: int = 1500
     vnet_hdr: bool = True
     tick: float = 1.0  # seconds between housekeeping passes (retries, keepalives, counters)
@@ -108,15 +117,21 @@ class AgentRuntime:
         self._boot_initiate: set[str] = set()  # agent peers we reach out to once after our start
         self._boot_deadline = 0.0
         self._apply_lock = asyncio.Lock()
+        self._digests_of: config_pb2.NodeConfig | None = None  # the config _digest_seen was made for
+        self._digest_seen: dict[str, tuple[str, float]] = {}  # peer -> (session digest, first seen)
 
     # ------------------------------------------------------------------ Reconciler protocol
     async def apply(self, config: config_pb2.NodeConfig) -> None:
         """Adopt `config` as the desired state and converge towards it (idempotent)."""
         copy = config_pb2.NodeConfig()
         copy.CopyFrom(config)
+        before = self.desired.local.revoked_fingerprints if self.desired is not None else ()
         self.desired = copy
         async with self._apply_lock:  # the first apply sets up the host; a second one waits for it
             await self._ensure_started(copy)
+        added = credentials.normalize(copy.local.revoked_fingerprints) - credentials.normalize(before)
+        if added and self._ike is not None and not self._closing:
+            self._check_credentials(self.clock(), probe=True)
         self._reconcile()
 
     async def _ensure_started(self, copy: config_pb2.NodeConfig) -> None:
@@ -149,7 +164,8 @@ class AgentRuntime:
         key = serialization.load_pem_private_key(renewed.key_pem, password=None)
         chain = certs.load_pem_certificates(renewed.cert_pem)
         self._credentials = mapping.Credentials(private_key=key, cert_chain=tuple(chain))
-        log.info("certificate renewed; new IKE SAs authenticate with it")
+        serial = f"0x{chain[0].serial_number:x}" if chain else "?"
+        log.info("certificate renewed (serial %s); new IKE SAs authenticate with it", serial)
 
     def dataplane_counters(self) -> Any:
         """The data plane's DataplaneCounters (plain ints, safe to read from another thread), or None."""
@@ -222,22 +238,29 @@ class AgentRuntime:
     async def _start(self, config: config_pb2.NodeConfig) -> None:
         from meshsec.agent.dataplane import Dataplane
         from meshsec.agent.netcfg.tun import open_tun
+        from meshsec.agent.runtime.ports import MappedDataplane, PortMap
 
+        o = self.opts
         self._loop = asyncio.get_running_loop()
         self._credentials = self._load_credentials()
-        mtu = tunnel_mtu(self.opts.link_mtu, _ALL_SPECS)
-        self._tun = open_tun(self.opts.tun_name, vnet_hdr=self.opts.vnet_hdr, tso=self.opts.vnet_hdr)
-        listen = list(config.local.listen_addresses) or _default_listen(config)
+        mtu = tunnel_mtu(o.link_mtu, _ALL_SPECS)
+        self._tun = open_tun(o.tun_name, vnet_hdr=o.vnet_hdr, tso=o.vnet_hdr, device=o.tun_device)
+        listen = (
+            list(config.local.listen_addresses) or _node_listen(o.listen, config) or _default_listen(config)
+        )
         self._net = TunRoutes(self._loop, self._node_error)
         try:
             await self._net.setup(self._tun.name, mtu)
-            self._dp = Dataplane(
-                self._tun, listen=listen, port=NATT_PORT, ike_port=IKE_PORT, mark=self._net.mark
+            dp = Dataplane(
+                self._tun, listen=listen, port=o.natt_port, ike_port=o.ike_port, mark=self._net.mark
             )
         except Exception:
             await self._net.close()
             self._tun.close()
             raise
+        # Above this line every port is the engine's 500/4500 (SaInstaller too); the wire's are o.*_port.
+        ports = PortMap(o.ike_port, o.natt_port)
+        self._dp = dp if ports.identity else MappedDataplane(dp, ports)
         self._dp.set_ike_handler(self._from_dataplane)
         self._dp.start()
         self._sas = SaInstaller(
@@ -251,7 +274,15 @@ class AgentRuntime:
         )
         self._ike = IkeResponder(self._config_for, self.clock())
         self._tick_task = self._loop.create_task(self._ticker())
-        log.info("agent %s: TUN %s up (mtu %d), IKE on %s", config.local.name, self._tun.name, mtu, listen)
+        log.info(
+            "agent %s: TUN %s up (mtu %d), IKE on %s port %d, NAT-T port %d",
+            config.local.name,
+            self._tun.name,
+            mtu,
+            listen,
+            o.ike_port,
+            o.natt_port,
+        )
 
     def _load_credentials(self) -> mapping.Credentials | None:
         d = self.opts.state_dir
@@ -371,28 +402,31 @@ class AgentRuntime:
     def _local_addr(self, remote: str) -> str:
         """The address the kernel uses towards `remote` (a routing lookup; nothing is sent)."""
         assert self.desired is not None
-        listen = list(self.desired.local.listen_addresses)
+        listen = list(self.desired.local.listen_addresses) or list(self.opts.listen)
         fam = socket.AF_INET6 if ":" in remote else socket.AF_INET
         for a in listen:
             if (":" in a) == (fam == socket.AF_INET6):
                 return a
         with socket.socket(fam, socket.SOCK_DGRAM) as s:
             try:
-                s.connect((remote, IKE_PORT))
+                s.connect((remote, self.opts.ike_port))
                 return str(s.getsockname()[0])
             except OSError:
                 return "::" if fam == socket.AF_INET6 else "0.0.0.0"
 
     def _config_for(self, addr: tuple[str, int]) -> IkeConfig | None:
-        """The responder's choice of peer for an IKE_SA_INIT from `addr` (by address, else the one
-        peer that may come from anywhere: behind a NAT or without endpoints)."""
+        """The responder's choice of peer for an IKE_SA_INIT from `addr`: by address, else the one
+        peer that may come from anywhere (behind a NAT or without endpoints); with several of those,
+        a config that picks the peer by its identity at IKE_AUTH (_roaming_config)."""
         if self.desired is None or self._closing:
             return None
         peers = list(self.desired.peers)
         match = [p for p in peers if any(h == addr[0] for h, _ in _safe_endpoints(p))]
         if not match:
             roaming = [p for p in peers if p.behind_nat or not p.endpoints]
-            if len(roaming) != 1:
+            if len(roaming) > 1:
+                return self._roaming_config(addr, roaming)
+            if not roaming:
                 return None
             match = roaming
         peer = match[0]
@@ -416,10 +450,60 @@ class AgentRuntime:
         )
         return cfg
 
+    def _roaming_config(
+        self, addr: tuple[str, int], roaming: list[config_pb2.PeerConfig]
+    ) -> IkeConfig | None:
+        """IKE_SA_INIT from an address no peer has, while several peers may come from anywhere: a
+        config offering what any of them allows, which picks the peer by IDi/IDr at IKE_AUTH
+        (ike.peerselect; RFC 7296 §2.15).  The picked peer's fresh config is entered in _pending_cfg
+        then, so _session binds the Session to that peer and never earlier.  Built once per desired
+        state, credentials and local address: a flood of IKE_SA_INITs must not rebuild every peer."""
+        from meshsec.agent.ike import peerselect
+
+        assert self.desired is not None
+        local_addr = (self._local_addr(addr[0]), IKE_PORT)
+        cached = getattr(self, "_roaming_cache", None)
+        if (
+            cached is not None
+            and cached[0] is self.desired
+            and cached[1] is self._credentials
+            and cached[2] == local_addr
+        ):
+            return cached[3]
+        local = self.desired.local
+        candidates: list[tuple[tuple[str, str], IkeConfig]] = []
+        for peer in roaming:
+            try:
+                cfg = mapping.ike_config(
+                    peer,
+                    local,
+                    local_addr=local_addr,
+                    remote_addr=None,
+                    credentials=self._credentials,
+                    responder=True,
+                )
+            except mapping.ConfigError as exc:
+                self._peer_error(peer.name, str(exc))
+                continue
+            candidates.append(((peer.name, plan.session_digest(peer, local)), cfg))
+
+        def bind(key: tuple[str, str], cfg: IkeConfig) -> None:
+            self._pending_cfg[id(cfg)] = (cfg, key[0], key[1], self.clock())
+
+        deferred = (
+            peerselect.deferred_config(candidates, local_addr=local_addr, on_resolved=bind)
+            if candidates
+            else None
+        )
+        self._roaming_cache = (self.desired, self._credentials, local_addr, deferred)
+        return deferred
+
     def _session(self, ike_session: IkeSession) -> Session | None:
         s = self._sessions.get(id(ike_session))
         if s is not None:
             return s
+        if ike_session.config.resolve is not None:
+            return None  # its peer is picked by identity at IKE_AUTH: nothing to bind to yet
         entry = self._pending_cfg.pop(id(ike_session.config), None)
         if entry is None:
             return None
@@ -495,15 +579,32 @@ class AgentRuntime:
             routes=frozenset(self._net.routes if self._net else ()),
             retry_at={k: v.retry_at for k, v in self._peers.items()},
             also_initiate=frozenset(self._boot_initiate) if now >= self._boot_deadline else frozenset(),
+            config_since=self._config_since(now),
         )
+
+    def _config_since(self, now: float) -> dict[str, float]:
+        """When each peer's current session digest was first seen (recomputed only for a new config)."""
+        desired = self.desired
+        if desired is not None and desired is not self._digests_of:
+            self._digests_of = desired
+            seen = self._digest_seen
+            self._digest_seen = {}
+            for p in desired.peers:
+                d = plan.session_digest(p, desired.local)
+                old = seen.get(p.name)
+                self._digest_seen[p.name] = old if old is not None and old[0] == d else (d, now)
+        return {name: t for name, (_, t) in self._digest_seen.items()}
 
     def _reconcile(self) -> None:
         self._reconcile_soon = False
         if self.desired is None or self._ike is None or self._closing:
             return
         now = self.clock()
+        cut = self._check_credentials(now)
         actions = plan.diff(self.desired, self._snapshot(now), now)
         if not actions:
+            if cut:
+                self._after_io()  # send the DELETEs now
             return
         by_sid = {s.sid: s for s in self._sessions.values()}
         for a in actions:
@@ -514,6 +615,55 @@ class AgentRuntime:
                 if hasattr(a, "peer"):
                     self._peer_error(a.peer, f"{type(a).__name__} failed: {exc}")
         self._after_io()
+
+    def _check_credentials(self, now: float, wall: float | None = None, *, probe: bool = False) -> int:
+        """Act on the certificates behind established IKE SAs (rules and reasons: credentials.py):
+        DELETE those of revoked peers; with `probe` (the revocation list grew), re-authenticate those
+        resting on an expired peer certificate.  Returns how many SAs were deleted."""
+        if self.desired is None:
+            return 0
+        revoked = credentials.normalize(self.desired.local.revoked_fingerprints)
+        refused = frozenset(n for n, p in self._peers.items() if credentials.refused_as_revoked(p.last_error))
+        by_sid = {s.sid: s for s in self._sessions.values() if not s.dead and s.ike.peer_cert is not None}
+        if not by_sid or not (revoked or refused or probe):  # the common case: nothing to look at
+            return 0
+        wall = time.time() if wall is None else wall
+        views = [
+            credentials.SessionCert(
+                s.sid,
+                s.peer,
+                s.ike.state,
+                credentials.fingerprint(s.ike.peer_cert),
+                credentials.not_after(s.ike.peer_cert),
+                s.digest.startswith(credentials.REAUTH_MARK),
+            )
+            for s in by_sid.values()
+        ]
+        cut = credentials.to_cut(views, revoked, refused, wall)
+        for v in cut:
+            s = by_sid[v.sid]
+            how = "" if v.fingerprint in revoked else ", refused now; the SA's own one has expired"
+            log.warning(
+                "peer %s: deleting IKE SA: peer certificate revoked (%s%s)", v.peer, v.fingerprint[:16], how
+            )
+            s.ike.delete(now)
+            self._collect(s)
+            self._peer_error(v.peer, "peer certificate revoked")
+            self._backoff(self._peers.setdefault(v.peer, PeerState()), now)  # its retries are refused
+        if probe:
+            for v in credentials.to_reauthenticate([v for v in views if v not in cut], wall):
+                s, peer = by_sid[v.sid], self._peer_cfg(v.peer)
+                log.info("peer %s: its certificate expired; re-authenticating the IKE SA", v.peer)
+                s.digest = credentials.REAUTH_MARK + s.digest  # plan.py: replace it make-before-break
+                if peer is None or plan.should_initiate(peer, self.desired.local):
+                    continue  # the plan starts the new IKE SA
+                if _safe_endpoints(peer):  # the peer would not: we reach out ourselves
+                    self._start_ike(v.peer, now)
+                else:  # unreachable from here (behind NAT): it comes back by itself if not revoked
+                    s.ike.delete(now)
+                    self._collect(s)
+            self._after_io()
+        return len(cut)
 
     def _execute(self, a: plan.Action, by_sid: dict[int, Session], now: float) -> None:
         if isinstance(a, plan.StartIke):
@@ -530,13 +680,16 @@ class AgentRuntime:
             child = next((c for c in peer.children if c.name == a.child), None) if peer else None
             if s is None or child is None:
                 return
-            same_mode = (child.mode == spec_pb2.MODE_TRANSPORT) == (s.ike.config.mode == "transport")
-            if not same_mode:
-                s.child_retry[a.child] = now + 3600.0
-                self._peer_error(a.peer, f"child {a.child}: a second mode on one IKE SA is not supported yet")
-                return
+            # each child has its own mode and proposals: one IKE SA carries transport and tunnel
+            # children side by side (RFC 7296 §1.3.1)
             s.pending_creates.append(a.child)
-            s.ike.create_child(now, mapping.ike_ts(child.local_ts), mapping.ike_ts(child.remote_ts))
+            s.ike.create_child(
+                now,
+                mapping.ike_ts(child.local_ts),
+                mapping.ike_ts(child.remote_ts),
+                mode=mapping.child_mode(child),
+                esp_proposals=tuple(child.esp_proposals) or mapping.DEFAULT_ESP_PROPOSALS,
+            )
             self._collect(s)
         elif isinstance(a, plan.DeleteChild):
             s = by_sid.get(a.sid)
@@ -573,7 +726,9 @@ class AgentRuntime:
             ps.retry_at = 0.0
             ps.last_error = ""
             self._boot_initiate.discard(s.peer)
-            log.info("peer %s: IKE SA established (%s)", s.peer, event.proposal)
+            cert = s.ike.peer_cert  # a revoked one is cut by the reconcile pass that follows
+            who = f"; peer certificate serial 0x{cert.serial_number:x}" if cert is not None else ""
+            log.info("peer %s: IKE SA established (%s%s)", s.peer, event.proposal, who)
         elif isinstance(event, ev.ChildSaEstablished):
             self._install(s, event, ps)
         elif isinstance(event, ev.ChildSaRekeyed):
@@ -618,7 +773,7 @@ class AgentRuntime:
     def _child_name(self, s: Session, e: ev.ChildSaEstablished) -> str:
         """Which configured child a negotiated SA is: by its selectors, else our pending request."""
         peer = self._peer_cfg(s.peer)
-        name = mapping.child_for(peer, e.ts_local, e.ts_remote) if peer else ""
+        name = mapping.child_for(peer, e.ts_local, e.ts_remote, e.mode) if peer else ""
         if name in s.pending_creates:
             s.pending_creates.remove(name)
         elif not name and s.pending_creates:
@@ -662,6 +817,21 @@ def _default_listen(config: config_pb2.NodeConfig) -> list[str]:
     return ["0.0.0.0", "::"] if v6 else ["0.0.0.0"]
 
 
+def _node_listen(node_ips: tuple[str, ...], config: config_pb2.NodeConfig) -> list[str]:
+    """The node's addresses (--node-ips, primary first) as listen addresses: the first of each family,
+    since the data plane sends from one socket per family; "::" when a peer needs IPv6 and the node
+    named no IPv6 address.  [] when the node named none."""
+    if not node_ips:
+        return []
+    first: dict[bool, str] = {}
+    for ip in node_ips:
+        first.setdefault(":" in ip, ip)
+    out = list(first.values())
+    if True not in first and "::" in _default_listen(config):
+        out.append("::")
+    return out
+
+
 def _safe_endpoints(peer: config_pb2.PeerConfig) -> list[tuple[str, int]]:
     try:
         return mapping.endpoints(peer)
@@ -669,12 +839,26 @@ def _safe_endpoints(peer: config_pb2.PeerConfig) -> list[tuple[str, int]]:
         return []
 
 
-def reconciler() -> AgentRuntime:
-    """Factory for `meshsec-agent --reconciler meshsec.agent.runtime.host:reconciler`: state dir and
-    TUN name from MESHSEC_AGENT_STATE_DIR / MESHSEC_TUN."""
+def reconciler(host: HostOptions | None = None) -> AgentRuntime:
+    """meshsec-agent's default reconciler (`--reconciler runtime`).  `host` carries what main.py parsed:
+    TUN device and name, IKE/NAT-T ports, the node's addresses (listened on when the NodeConfig names
+    none) and the state dir.  Without it (another caller): state dir and TUN name from
+    MESHSEC_AGENT_STATE_DIR / MESHSEC_TUN, everything else the defaults."""
     import os
 
-    state = os.environ.get("MESHSEC_AGENT_STATE_DIR", "/var/lib/meshsec/agent")
+    if host is None:
+        state = os.environ.get("MESHSEC_AGENT_STATE_DIR", "/var/lib/meshsec/agent")
+        return AgentRuntime(
+            RuntimeOptions(state_dir=Path(state), tun_name=os.environ.get("MESHSEC_TUN", "meshsec0"))
+        )
+    state_dir = host.state_dir or Path(os.environ.get("MESHSEC_AGENT_STATE_DIR", "/var/lib/meshsec/agent"))
     return AgentRuntime(
-        RuntimeOptions(state_dir=Path(state), tun_name=os.environ.get("MESHSEC_TUN", "meshsec0"))
+        RuntimeOptions(
+            state_dir=state_dir,
+            tun_name=host.tun_name,
+            tun_device=host.tun_device,
+            ike_port=host.ike_port,
+            natt_port=host.natt_port,
+            listen=tuple(dict.fromkeys(ip for ip in (host.node_ip, *host.node_ips) if ip)),  # primary first
+        )
     )
