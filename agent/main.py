@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--controller",
         default=env("MESHSEC_CONTROLLER", DEFAULT_CONTROLLER),
-        help="controller address: unix:///path or 127.0.0.1:port (env MESHSEC_CONTROLLER)",
+        help="controller address(es), comma-separated to fail over between replicas: unix:///path or "
+        "host:port (env MESHSEC_CONTROLLER)",
     )
     p.add_argument(
         "--enroll-address",

@@ -405,6 +405,13 @@ PV
             \"containers\": [{\"name\": \"controller\", \"env\": [$env_patch]}]}}}}" >/dev/null
     fi
     check "controller pods Ready (2 replicas)" pods_ready app.kubernetes.io/component=controller 2 300
+    if [ "${FAILED:-0}" = 1 ]; then  # say why: the first controller pod's init and main logs
+        ctl0="$(kc -n "$NS" get pod -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].metadata.name}')"
+        for c in init controller; do
+            echo "      --- $ctl0 -c $c (last lines)" >&2
+            kc -n "$NS" logs "$ctl0" -c "$c" 2>&1 | tail -8 | sed 's/^/      /' >&2 || true
+        done
+    fi
 
     # The agent's turn: the node in the mesh, a one-use token, the CA pinned.
     local ctl hash token

@@ -355,14 +355,28 @@ def _status_once(client: Client, args: argparse.Namespace) -> None:
     if args.node:
         (n,) = nodes[:1]
         render.print_table(
-            ("PEER", "IKE", "ENDPOINT", "TRANSFORM", "CHILD SAS", "RTT", "REKEYS", "LAST ERROR"),
+            (
+                "PEER",
+                "IKE",
+                "AGE",
+                "ENDPOINT",
+                "TRANSFORM",
+                "CHILD SAS",
+                "IN / OUT",
+                "RTT",
+                "REKEYS",
+                "LAST ERROR",
+            ),
             [
                 (
                     p.peer,
                     render.ike_state(p.ike_state),
+                    render.ago(p.established_at),
                     p.remote_endpoint or "-",
                     p.ike_transform or "-",
                     ",".join(c.name for c in p.children) or "-",
+                    f"{render.size(sum(c.counters.bytes_in for c in p.children))} / "
+                    f"{render.size(sum(c.counters.bytes_out for c in p.children))}",
                     f"{p.dpd_rtt_us / 1000:.1f}ms" if p.dpd_rtt_us else "-",
                     p.rekeys,
                     p.last_error or "-",

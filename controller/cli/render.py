@@ -81,6 +81,16 @@ _IKE_SYMBOL = {
 }
 
 
+def size(n: int) -> str:
+    """Bytes as strongSwan's --list-sas shows them: 0 B, 812 B, 1.2 KiB, 3.4 MiB, ..."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - the loop returns first
+
+
 def ike_state(state: int) -> str:
     return _IKE_SYMBOL.get(state, "?")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from google.protobuf.timestamp_pb2 import Timestamp
 from meshsec.api.v1 import admin_pb2, admin_pb2_grpc, spec_pb2, status_pb2
 from meshsec.controller.compiler import Credentials, plan
 from meshsec.controller.spec import SpecInvalid, load_spec
@@ -157,7 +159,13 @@ class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
                         remote_endpoint="198.18.0.2:4500",
                         ike_transform="aes128gcm16-prfsha256-x25519",
                         dpd_rtt_us=1500,
-                        children=[status_pb2.ChildSaStatus(name="mesh")],
+                        established_at=Timestamp(seconds=int(time.time()) - 125),
+                        children=[
+                            status_pb2.ChildSaStatus(
+                                name="mesh",
+                                counters=status_pb2.Counters(bytes_in=1536, bytes_out=3 * 1024 * 1024),
+                            )
+                        ],
                     ),
                     status_pb2.PeerStatus(
                         peer="c", ike_state=failed, last_error="AUTHENTICATION_FAILED: bad cert"

@@ -164,6 +164,9 @@ def test_status_table_matrix_and_json(controller: Controller, capsys: pytest.Cap
     assert ["a", "·", "up", "FAIL"] in lines and ["b", "up", "·"] in lines
     code, out, _ = run(capsys, "status", "a", *controller.args())
     assert "AUTHENTICATION_FAILED: bad cert" in out and "1.5ms" in out
+    row_b = next(line.split() for line in out.splitlines() if line.startswith("b "))
+    assert row_b[:3] == ["b", "up", "2m"]  # SA age
+    assert "1.5 KiB / 3.0 MiB" in out  # bytes in / out over the peer's child SAs
     data = json.loads(run(capsys, "status", "-o", "json", *controller.args())[1])
     assert [n["node"] for n in data["nodes"]] == ["a", "b"]
     code, _, err = run(capsys, "status", "zz", *controller.args())
