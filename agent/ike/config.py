@@ -39,13 +39,32 @@ class ChildPolicy:
     esp_proposals: Sequence[str] = ("aes128gcm16",)
     local_ts: Sequence[TrafficSelector] = ()
     remote_ts: Sequence[TrafficSelector] = ()
-    lifetime: float | None = None  # seconds; None: IkeConfig.child_lifetime
+    lifetime: float | None = None  # hard expiry, seconds; None: IkeConfig.child_lifetime
+    # strongSwan's rekey_time / rand_time of this child: start a rekey `rekey_time` seconds after the
+    # SA is made, minus up to `rekey_jitter` at random.  None: lifetime * IkeConfig.rekey_fraction
+    # minus up to lifetime * IkeConfig.rekey_jitter (the session-wide ratios).  rekey_jitter None
+    # with a rekey_time: strongSwan's default rand_time, life - rekey (here at most rekey / 2).
+    rekey_time: float | None = None
+    rekey_jitter: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"child {self.name!r}: mode {self.mode!r}: must be 'tunnel' or 'transport'")
         if self.lifetime is not None and self.lifetime <= 0:
             raise ValueError(f"child {self.name!r}: lifetime must be positive")
+        if self.rekey_time is not None:
+            if self.rekey_time <= 0:
+                raise ValueError(f"child {self.name!r}: rekey_time must be positive")
+            if self.lifetime is not None and self.rekey_time >= self.lifetime:
+                raise ValueError(
+                    f"child {self.name!r}: rekey_time {self.rekey_time:g} s must be shorter than"
+                    f" lifetime {self.lifetime:g} s"
+                )
+        if self.rekey_jitter is not None:
+            if self.rekey_time is None:
+                raise ValueError(f"child {self.name!r}: rekey_jitter needs a rekey_time")
+            if not 0 <= self.rekey_jitter < self.rekey_time:
+                raise ValueError(f"child {self.name!r}: rekey_jitter must be in [0, rekey_time)")
         if not self.esp_proposals:
             raise ValueError(f"child {self.name!r}: esp_proposals: at least one proposal")
 
@@ -68,8 +87,10 @@ class IkeConfig:
     children: Sequence[ChildPolicy] = ()
     ike_lifetime: float = 4 * 3600.0
     child_lifetime: float = 3600.0
-    rekey_fraction: float = 0.9  # rekey at 90 % of the lifetime ...
-    rekey_jitter: float = 0.05  # ... minus up to 5 % random, so both peers rarely rekey together
+    # The IKE SA (and a child whose policy has no rekey_time) rekeys at 90 % of its lifetime minus up
+    # to 5 % at random, so both peers rarely rekey together.  Children with a rekey_time use their own.
+    rekey_fraction: float = 0.9
+    rekey_jitter: float = 0.05
     dpd_interval: float | None = 30.0  # idle seconds before an empty INFORMATIONAL probes the peer
     retransmit_timeout: float = 2.0
     retransmit_base: float = 1.8
@@ -124,6 +145,12 @@ class IkeConfig:
         names = [c.name for c in self.children]
         if len(set(names)) != len(names):
             raise ValueError(f"children: names must be unique, got {names}")
+        for c in self.children:
+            if c.rekey_time is not None and c.lifetime is None and c.rekey_time >= self.child_lifetime:
+                raise ValueError(
+                    f"child {c.name!r}: rekey_time {c.rekey_time:g} s must be shorter than"
+                    f" child_lifetime {self.child_lifetime:g} s"
+                )
 
     def policies(self) -> tuple[ChildPolicy, ...]:
         """The Child SA policies: the configured ones, or the one implied by the flat fields."""

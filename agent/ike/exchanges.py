@@ -173,7 +173,7 @@ class ExchangesMixin:
         _, per_dir = keymat_sizes(st)
         km = child_keymat(ike.suite.prf_id, ike.keys.sk_d, ni, nr, 2 * per_dir, gir)
         kin, kout = split_keymat(km, per_dir, we_initiated)
-        rekey_at, expire_at = self._child_times(now, self._policy_life.get(policy))
+        rekey_at, expire_at = self._child_times(now, policy)
         c = ChildSa(spi_in, spi_out, st, mode, ts_local, ts_remote, kin, kout, now, rekey_at, expire_at)
         c.policy = policy
         return c

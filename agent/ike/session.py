@@ -320,7 +320,7 @@ class IkeSession(EstablishMixin, ExchangesMixin, FragmentingMixin):
         self.config = config
         self._ike_specs, self._esp_specs, self._policies = ike_specs, esp_specs, policies
         self._policy_specs = policy_specs
-        self._policy_life = {p.name: p.lifetime for p in policies if p.lifetime}
+        self._policy_by_name = {p.name: p for p in policies}
 
     def _new_ike_spi(self) -> bytes:
         while True:
@@ -499,9 +499,17 @@ class IkeSession(EstablishMixin, ExchangesMixin, FragmentingMixin):
         life = self.config.ike_lifetime
         return self._jittered(now, life), now + life
 
-    def _child_times(self, now: float, life: float | None = None) -> tuple[float, float]:
-        life = life or self.config.child_lifetime
-        return self._jittered(now, life), now + life
+    def _child_times(self, now: float, policy: str = "") -> tuple[float, float]:
+        """(rekey_at, expire_at) of a new Child SA of `policy`.  A policy with its own rekey_time
+        rekeys at that time minus up to its own jitter (strongSwan's rekey_time - random(0,
+        rand_time)), whatever the IKE SA's ratio; else at the session-wide fractions of its life."""
+        p = self._policy_by_name.get(policy)
+        life = (p.lifetime if p else None) or self.config.child_lifetime
+        if p is None or p.rekey_time is None:
+            return self._jittered(now, life), now + life
+        rekey = p.rekey_time
+        jitter = p.rekey_jitter if p.rekey_jitter is not None else max(0.0, min(life - rekey, rekey / 2))
+        return now + rekey - self._rng.uniform(0, jitter), now + life
 
     def _jittered(self, now: float, life: float) -> float:
         cfg = self.config

@@ -74,15 +74,22 @@ def esp_selectors(local: Sequence[IkeTs], remote: Sequence[IkeTs]) -> tuple[Traf
     return tuple(out)
 
 
-def _lifetime(lt: spec_pb2.Lifetime, default: float) -> tuple[float, float, float]:
-    """(life, rekey fraction, jitter fraction) from a Lifetime, strongSwan style defaults."""
+def _times(lt: spec_pb2.Lifetime, default: float) -> tuple[float, float, float]:
+    """(life, rekey, jitter) in seconds from a Lifetime, strongSwan style defaults: life = rekey +
+    10 %, rekey = 90 % of life, jitter 5 % of life; jitter at most half the rekey time."""
     rekey, life = float(lt.rekey_seconds), float(lt.life_seconds)
     if not life:
         life = rekey * 1.1 if rekey else default
     if not rekey or rekey >= life:
         rekey = life * 0.9
     jitter = float(lt.jitter_seconds) if lt.jitter_seconds else 0.05 * life
-    return life, rekey / life, min(jitter, rekey * 0.5) / life
+    return life, rekey, min(jitter, rekey * 0.5)
+
+
+def _lifetime(lt: spec_pb2.Lifetime, default: float) -> tuple[float, float, float]:
+    """(life, rekey fraction, jitter fraction): the IKE SA's timers, which IkeConfig keeps as ratios."""
+    life, rekey, jitter = _times(lt, default)
+    return life, rekey / life, jitter / life
 
 
 def _retransmits(dpd_timeout: int) -> tuple[float, float, int]:
@@ -120,7 +127,7 @@ def ike_config(
     policies = child_policies(peer)
     first = policies[0]
     ike_life, ike_fraction, ike_jitter = _lifetime(peer.ike.lifetime, DEFAULT_IKE_LIFE)
-    child_life, _, _ = _lifetime(peer.children[0].lifetime, DEFAULT_CHILD_LIFE)
+    child_life, _, _ = _times(peer.children[0].lifetime, DEFAULT_CHILD_LIFE)
     first_rt, base, tries = _retransmits(peer.ike.dpd_timeout_seconds)
     kwargs: dict[str, Any] = {}
     if peer.auth == spec_pb2.AUTH_METHOD_PSK:
@@ -175,7 +182,8 @@ def child_mode(child: config_pb2.ChildSaConfig) -> str:
 
 
 def child_policies(peer: config_pb2.PeerConfig) -> list[ChildPolicy]:
-    """The engine's Child SA policies, one per configured child, in the controller's order."""
+    """The engine's Child SA policies, one per configured child, in the controller's order, each with
+    its own ESP life, rekey time and jitter (not the IKE SA's ratio)."""
     out = []
     for c in peer.children:
         try:
@@ -184,6 +192,7 @@ def child_policies(peer: config_pb2.PeerConfig) -> list[ChildPolicy]:
             raise ConfigError(f"peer {peer.name}: child {c.name}: bad traffic selector: {exc}") from None
         if not local_ts or not remote_ts:
             raise ConfigError(f"peer {peer.name}: child {c.name}: local_ts and remote_ts must not be empty")
+        life, rekey, jitter = _times(c.lifetime, DEFAULT_CHILD_LIFE)
         try:
             out.append(
                 ChildPolicy(
@@ -192,7 +201,9 @@ def child_policies(peer: config_pb2.PeerConfig) -> list[ChildPolicy]:
                     esp_proposals=tuple(c.esp_proposals) or DEFAULT_ESP_PROPOSALS,
                     local_ts=local_ts,
                     remote_ts=remote_ts,
-                    lifetime=_lifetime(c.lifetime, DEFAULT_CHILD_LIFE)[0],
+                    lifetime=life,
+                    rekey_time=rekey,
+                    rekey_jitter=jitter,
                 )
             )
         except ValueError as exc:

@@ -9,7 +9,7 @@ from meshsec.agent.esp import Mode, TrafficSelector
 from meshsec.agent.ike.events import ChildSaEstablished
 from meshsec.agent.ike.identity import IdentityPattern
 from meshsec.agent.runtime import mapping
-from meshsec.api.v1 import spec_pb2
+from meshsec.api.v1 import config_pb2, spec_pb2
 
 from tests.agent.runtime.harness import PSK, TestCa, node, peer
 
@@ -213,3 +213,72 @@ def test_child_event_to_sa_params_transport_and_cbc() -> None:
     assert mapping.transform_name(ev) == "aes256-sha256"
     chacha = _event(encr=28, bits=None)
     assert mapping.sa_params(chacha)[0].key_bits == 256
+
+
+def _profile_peer(name: str, local_ts: str, remote_ts: str) -> config_pb2.PeerConfig:
+    """A PSK peer with the default IKE profile (rekey 4h, life 4h24m, jitter 24m) and two children:
+    "net" with ESP rekey 30 min / life 1 h / jitter 1 min, "hosts" with the ESP defaults unset."""
+    p = peer(name, endpoint=None, local_ts=[local_ts], remote_ts=[remote_ts])
+    p.ike.lifetime.CopyFrom(spec_pb2.Lifetime(rekey_seconds=14400, life_seconds=15840, jitter_seconds=1440))
+    p.children[0].lifetime.CopyFrom(
+        spec_pb2.Lifetime(rekey_seconds=1800, life_seconds=3600, jitter_seconds=60)
+    )
+    p.children.add(
+        name="hosts", mode=spec_pb2.MODE_TRANSPORT, local_ts=["198.18.0.1/32"], remote_ts=["198.18.0.2/32"]
+    )
+    return p
+
+
+def test_each_child_carries_its_own_esp_rekey_time_and_jitter() -> None:
+    p = _profile_peer("b", "198.19.1.0/24", "198.19.2.0/24")
+    p.children.add(name="lan2", local_ts=["198.19.5.0/24"], remote_ts=["198.19.6.0/24"])
+    p.children[2].lifetime.CopyFrom(
+        spec_pb2.Lifetime(rekey_seconds=600, life_seconds=1200, jitter_seconds=30)
+    )
+    cfg = mapping.ike_config(p, node("a", [p]).local, local_addr=("198.18.0.1", 500), remote_addr=None)
+    pols = {c.name: (c.rekey_time, c.lifetime, c.rekey_jitter) for c in cfg.children}
+    assert pols["net"] == (1800.0, 3600.0, 60.0)  # the profile's ESP numbers, not the IKE ratio
+    assert pols["lan2"] == (600.0, 1200.0, 30.0)
+    assert pols["hosts"] == pytest.approx((3240.0, 3600.0, 180.0))  # unset: 1 h life, 90 %, 5 %
+    # the IKE SA keeps its own timers
+    assert cfg.ike_lifetime == 15840.0 and cfg.rekey_fraction == pytest.approx(14400 / 15840)
+    assert cfg.rekey_jitter == pytest.approx(1440 / 15840)
+
+
+def test_child_jitter_is_capped_at_half_its_rekey_time() -> None:
+    p = _peer()
+    p.children[0].lifetime.CopyFrom(
+        spec_pb2.Lifetime(rekey_seconds=100, life_seconds=1000, jitter_seconds=90)
+    )
+    (pol,) = mapping.child_policies(p)
+    assert (pol.rekey_time, pol.lifetime, pol.rekey_jitter) == (100.0, 1000.0, 50.0)
+
+
+def test_esp_byte_and_packet_limits_are_per_child() -> None:
+    p = _profile_peer("b", "198.19.1.0/24", "198.19.2.0/24")
+    p.children[0].lifetime.rekey_bytes, p.children[0].lifetime.life_bytes = 1000, 2000
+    p.children[1].lifetime.rekey_packets, p.children[1].lifetime.life_packets = 10, 20
+    net, hosts = (mapping.esp_lifetime(c) for c in p.children)
+    assert (net.soft_bytes, net.hard_bytes, net.soft_packets, net.hard_packets) == (1000, 2000, 0, 0)
+    assert (hosts.soft_bytes, hosts.hard_bytes, hosts.soft_packets, hosts.hard_packets) == (0, 0, 10, 20)
+
+
+def test_profile_esp_rekey_time_reaches_the_engine() -> None:
+    """The reported bug end to end: ESP rekey 30 min / life 1 h with the default IKE profile used to
+    rekey children at ~49-55 min; both engines, configured through mapping, now schedule 29-30 min."""
+    from tests.agent.ike.harness import A_IP, B_IP, Pair
+
+    to_b = _profile_peer("b", "198.19.1.0/24", "198.19.2.0/24")
+    to_a = _profile_peer("a", "198.19.2.0/24", "198.19.1.0/24")
+    to_a.children[1].local_ts[:], to_a.children[1].remote_ts[:] = ["198.18.0.2/32"], ["198.18.0.1/32"]
+    a = mapping.ike_config(to_b, node("a", [to_b]).local, local_addr=(A_IP, 500), remote_addr=(B_IP, 500))
+    b = mapping.ike_config(to_a, node("b", [to_a]).local, local_addr=(B_IP, 500), remote_addr=None)
+    pair = Pair(a, b).start()
+    for session in (pair.a, pair.b_session):
+        (c,) = session.children.values()
+        assert c.mode == "tunnel" and c.policy == "net"
+        assert 1740.0 <= c.rekey_at - c.created <= 1800.0
+        assert c.expire_at - c.created == pytest.approx(3600.0)
+    pair.advance(1801.0)
+    (c,) = (c for c in pair.a.children.values() if c.state == "installed")
+    assert c.created > 1000.0 + 1700.0  # rekeyed once, around 30 min
