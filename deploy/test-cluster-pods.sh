@@ -377,33 +377,15 @@ PV
     kc -n "$NS" create secret generic meshsec-kek --from-literal=kek="$(openssl rand -hex 32)" >/dev/null
     bash "$ROOT/deploy/gen-etcd-tls.sh" --namespace "$NS" --release meshsec "$WORK/etcd-pki" 2>/dev/null \
         | kc apply -f - >/dev/null
-    # etcd without TLS here: see the etcd3aio workaround below (a TLS certificate cannot name a pod IP
-    # that is only known once the pod runs).  tests/deploy/test_etcd_cluster_system.py covers TLS.
-    local values=(--set etcd.statefulset.replicas=1 --set etcd.tls.enabled=false --set controller.replicas=2
+    # etcd with TLS, as the chart installs it: the controller dials the members by DNS name and checks
+    # the certificate gen-etcd-tls.sh issued for them.
+    local values=(--set etcd.statefulset.replicas=1 --set controller.replicas=2
         --set controller.antiAffinity=soft --set agent.bootstrapToken.existingSecret=meshsec-bootstrap-token)
-    check "helm install meshsec (controller x2, etcd x1; agent off until its token exists)" \
+    check "helm install meshsec (controller x2, etcd x1 over mutual TLS by DNS name; agent off until its token exists)" \
         python3 "$ROOT/deploy/render.py" install --kubeconfig "$KUBECONFIG" -n "$NS" "${values[@]}" \
             --set agent.enabled=false -o "$WORK/manifest-pods.yaml"
     pods_wait "etcd pod Ready" 240 -n "$NS" pod/meshsec-etcd-0
-    local ctl0 etcd_ip init_log=""
-    for _ in $(seq 1 90); do  # the chart as it is, until its controller is Ready or shows the bug
-        pods_ready app.kubernetes.io/component=controller 2 1 >/dev/null && break
-        ctl0="$(kc -n "$NS" get pod -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].metadata.name}')"
-        init_log="$(kc -n "$NS" logs "$ctl0" -c init 2>/dev/null || true)"
-        [[ "$init_log" == *"target uri is not valid: ipv4:"* ]] && break
-    done
-    if [[ "$init_log" == *"target uri is not valid: ipv4:"* ]]; then
-        # KNOWN BUG (controller/store, etcd3aio): it dials etcd through gRPC's "ipv4:" scheme, which
-        # takes IP literals only, so the chart's DNS endpoints (<pod>.<peer svc>.<ns>.svc) never work.
-        echo "KNOWN BUG: the controller cannot dial etcd by DNS name:" >&2
-        grep -m1 "target uri is not valid" <<<"$init_log" | sed "s/^/      /" >&2
-        etcd_ip="$(kc -n "$NS" get pod meshsec-etcd-0 -o jsonpath='{.status.podIP}')"
-        log "WORKAROUND: MESHSEC_ETCD=http://$etcd_ip:2379 (the etcd pod's IP) on the controller"
-        local env_patch="{\"name\": \"MESHSEC_ETCD\", \"value\": \"http://$etcd_ip:2379\"}"
-        kc -n "$NS" patch deploy/meshsec-controller --type strategic -p "{\"spec\": {\"template\": {\"spec\": {
-            \"initContainers\": [{\"name\": \"init\", \"env\": [$env_patch]}],
-            \"containers\": [{\"name\": \"controller\", \"env\": [$env_patch]}]}}}}" >/dev/null
-    fi
+    local ctl0
     check "controller pods Ready (2 replicas)" pods_ready app.kubernetes.io/component=controller 2 300
     if [ "${FAILED:-0}" = 1 ]; then  # say why: the first controller pod's init and main logs
         ctl0="$(kc -n "$NS" get pod -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].metadata.name}')"
