@@ -107,15 +107,32 @@ def due_at(info: CertInfo, policy: RenewalPolicy = RenewalPolicy()) -> dt.dateti
 
 
 class RenewalSchedule:
-    """Decides when the next renewal attempt happens; time and randomness come in as arguments."""
+    """Decides when the next renewal attempt happens; time and randomness come in as arguments.
+
+    An attempt time is drawn once and kept until what it was drawn for changes (the certificate, the
+    signing CA, the failure count) or ``attempted`` is called.  Callers ask again after every sleep
+    slice: a time drawn afresh each call ("now + a random offset") would never become due.
+    """
 
     def __init__(self, policy: RenewalPolicy = RenewalPolicy(), rng: random.Random | None = None) -> None:
         self.policy = policy
         self._rng = rng or random.Random()
+        self._kept: tuple[tuple[CertInfo, int, bytes | None], dt.datetime] | None = None
 
     def next_attempt(
         self, info: CertInfo, now: dt.datetime, *, failures: int = 0, signing_ca: bytes | None = None
     ) -> dt.datetime:
+        """When to attempt: the kept time, or `now` once that has come (an overdue attempt is due now)."""
+        key = (info, failures, signing_ca)
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, self._draw(info, now, failures, signing_ca))
+        return max(now, self._kept[1])
+
+    def attempted(self) -> None:
+        """An attempt was made: the next call draws a new time."""
+        self._kept = None
+
+    def _draw(self, info: CertInfo, now: dt.datetime, failures: int, signing_ca: bytes | None) -> dt.datetime:
         p = self.policy
         remaining = info.not_after - now
         if failures:
@@ -312,6 +329,7 @@ class CertificateRenewer:
             if wait > 0:
                 await asyncio.sleep(min(wait, max_sleep))
                 continue
+            self.schedule.attempted()  # whatever the outcome, the next attempt gets a time of its own
             try:
                 renewed = await self.renew_once(stub)
                 signing = signing_ca_key_id(self._signing_ca())

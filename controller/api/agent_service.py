@@ -30,8 +30,9 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, config_pb2, spec_pb2
-from meshsec.controller.api.auth import require_node
+from meshsec.controller.api.auth import caller_revoked, peer_not_before, require_node
 from meshsec.controller.ca import CertificateAuthority, CsrInvalid, TokenRefused, consume_token, fingerprint
+from meshsec.controller.ca.revocation import covers, issued_until
 from meshsec.controller.desired import DesiredState, announced
 from meshsec.controller.observability import metrics
 from meshsec.controller.store import Keys, Store, StoreError
@@ -217,6 +218,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             certificate_pem=cert.public_bytes(serialization.Encoding.PEM), ca_bundle_pem=self._ca.bundle_pem
         )
 
+    async def _revoked_since(self, node: str, fp: str, not_before: dt.datetime | None) -> bool:
+        """Read from etcd itself (not this replica's watched view, which may lag): is the caller's
+        certificate revoked now?  Renew asks after recording its new certificate; revoke_node writes
+        the node-level key before its last read of certs/issued, so one of the two sees the other."""
+        node_kv, fp_kv = await asyncio.gather(
+            self._store.get(Keys.revoked_node(node)), self._store.get(Keys.revoked(fp))
+        )
+        if fp_kv is not None or not_before is None:
+            return True
+        return node_kv is not None and covers(issued_until(node_kv.value), not_before)
+
     async def Renew(
         self, request: agent_pb2.RenewRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.RenewResponse:
@@ -229,8 +241,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid CSR: {exc}")
         try:
             await self._record_cert(ident.name, cert)
+            revoked = await self._revoked_since(ident.name, ident.fingerprint, peer_not_before(context))
         except StoreError:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "controller storage unavailable; retry")
+        if revoked:  # revoked while we signed: the new certificate never leaves this replica
+            log.warning(
+                "renewal of %r refused: the node was revoked while its certificate was signed", ident.name
+            )
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate of {ident.name} is revoked")
         return agent_pb2.RenewResponse(
             certificate_pem=cert.public_bytes(serialization.Encoding.PEM), ca_bundle_pem=self._ca.bundle_pem
         )
@@ -249,6 +267,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.SyncResponse]:
         ident = await require_node(context, request.node, self._state.is_revoked)
         node = ident.name
+        not_before = peer_not_before(context)
         await self._state.ready.wait()
         connected = Keys.connected(node)
         self._lease.enter(connected)
@@ -275,7 +294,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 yield agent_pb2.SyncResponse(version=agent_version, delta=delta)
             while True:
                 changed = await self._state.wait_change(agent_version, self._s.heartbeat_seconds)
-                if self._state.is_revoked(ident.fingerprint):
+                if caller_revoked(ident, not_before, self._state.is_revoked):
                     await context.abort(
                         grpc.StatusCode.PERMISSION_DENIED, f"certificate of {node} was revoked"
                     )

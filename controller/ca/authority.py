@@ -25,7 +25,7 @@ ROLE_NODE = "meshsec-node"
 ROLE_ADMIN = "meshsec-admin"
 ROLE_CONTROLLER = "meshsec-controller"
 SERVER_NAME = "meshsec-controller"
-_SKEW = dt.timedelta(minutes=5)  # backdate notBefore: clocks of agents are not perfect
+BACKDATE = dt.timedelta(minutes=5)  # notBefore is set this far back: clocks of agents are not perfect
 
 
 class CANotInitialized(Exception):
@@ -96,7 +96,7 @@ class CertificateAuthority:
             .issuer_name(name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _SKEW)
+            .not_valid_before(now - BACKDATE)
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
@@ -141,7 +141,7 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject)
             .public_key(public_key)  # type: ignore[arg-type]
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _SKEW)
+            .not_valid_before(now - BACKDATE)
             .not_valid_after(min(now + lifetime, self.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(

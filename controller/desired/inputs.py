@@ -1,5 +1,6 @@
 """Compile inputs at one etcd revision: the spec, the CA bundle, revoked fingerprints, PSK master, and
 the subnets agents announce (merged into the spec for the nodes that accept them: announced.py).
+Node-level revocations are read with them (the API's checks use them; no NodeConfig does).
 
 A NodeConfig is a pure function of these, so reading them at an old revision reproduces exactly what an
 agent was sent at that revision (how a freshly started replica serves a resume with a delta).
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from meshsec.api.v1 import spec_pb2
 from meshsec.controller.ca.authority import load_psk_master
 from meshsec.controller.ca.kek import Sealer
+from meshsec.controller.ca.revocation import issued_until
 from meshsec.controller.desired import announced
 from meshsec.controller.store import Keys, Store
 
@@ -47,6 +50,9 @@ class Inputs:
     spec_revision: int  # mod_revision of the spec key, or of a later merged announcement (0: no spec)
     creds: Credentials
     revision: int  # the etcd revision all of this was read at
+    # node -> notBefore (POSIX s) up to which its certificates are revoked (certs/revoked-nodes/).
+    # Not in the digest: nothing compiled depends on it (revoke_node lists fingerprints in the same txn).
+    revoked_nodes: Mapping[str, float] = field(default_factory=dict)
 
     def digest(self) -> str:
         """Changes whenever any input changes (cheap equality across loads)."""
@@ -66,10 +72,11 @@ async def load_inputs(
     """Read every compile input at one revision (0 = now); raises Compacted for a compacted revision."""
     revision = revision or await store.revision()
     # Concurrently: these reads are on the path from an etcd write to every agent's delta.
-    spec_kv, ca_kv, (revoked, _), stored = await asyncio.gather(
+    spec_kv, ca_kv, (revoked, _), (revoked_nodes, _), stored = await asyncio.gather(
         store.get(Keys.SPEC, revision=revision),
         store.get(Keys.CA_CERT, revision=revision),
         store.get_prefix(Keys.CERTS_REVOKED, revision=revision),
+        store.get_prefix(Keys.REVOKED_NODES, revision=revision),
         announced.load(store, revision),
     )
     spec = spec_pb2.MeshSpec()
@@ -83,4 +90,5 @@ async def load_inputs(
         psk_master=psk_master,
     )
     spec, spec_revision = announced.merge_stored(spec, spec_kv.mod_revision if spec_kv else 0, stored)
-    return Inputs(spec, spec_revision, creds, revision)
+    nodes = {kv.key.removeprefix(Keys.REVOKED_NODES): issued_until(kv.value) for kv in revoked_nodes}
+    return Inputs(spec, spec_revision, creds, revision, nodes)

@@ -27,6 +27,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import datetime as dt
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from typing import Any, TypeVar
 
 from meshsec.api.v1 import config_pb2, spec_pb2
 from meshsec.controller.ca.kek import Sealer
+from meshsec.controller.ca.revocation import covers
 from meshsec.controller.desired import announced
 from meshsec.controller.desired.contracts import compiler_credentials, diff, new_compiler
 from meshsec.controller.desired.history import History, NodeDelta
@@ -154,8 +156,18 @@ class DesiredState:
     def creds(self) -> Credentials | None:
         return self.inputs.creds if self.inputs else None
 
-    def is_revoked(self, fingerprint: str) -> bool:
-        return bool(self.inputs) and fingerprint in self.inputs.creds.revoked_fingerprints  # type: ignore[union-attr]
+    def is_revoked(
+        self, fingerprint: str, *, node: str | None = None, not_before: dt.datetime | None = None
+    ) -> bool:
+        """A listed fingerprint, or (given the certificate's node name and notBefore) a certificate
+        issued before its node was revoked: the list cannot name expired or concurrently issued ones."""
+        if self.inputs is None:
+            return False
+        if fingerprint in self.inputs.creds.revoked_fingerprints:
+            return True
+        if node is None or not_before is None:
+            return False
+        return covers(self.inputs.revoked_nodes.get(node), not_before)
 
     async def _in(self, pool: concurrent.futures.Executor, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)

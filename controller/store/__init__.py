@@ -18,6 +18,8 @@ key                                   value                                     
 ``tokens/<id>``                       JSON {sha256 of secret, node, expires_at}               TTL lease
 ``certs/issued/<sha256>``             JSON {node, role, serial, not_after}                    permanent
 ``certs/revoked/<sha256>``            JSON {node, at}: refused by controller and peers        permanent
+``certs/revoked-nodes/<node>``      JSON {at, issued_until, reason}: every certificate of    permanent
+                                      the node issued before the revoke is refused
 ``ca/rollover``                       JSON {phase, since, old, new, reason}: CA rollover      permanent
                                       state (absent when stable; controller/ca/rollover.py)
 ``ca/next-key``                       published, not yet signing CA's key, AES-GCM (KEK)      rollover

@@ -23,6 +23,9 @@ class Keys:
     TOKENS = ROOT + "tokens/"
     CERTS_ISSUED = ROOT + "certs/issued/"
     CERTS_REVOKED = ROOT + "certs/revoked/"
+    # Node-level revocations (`meshctl node revoke`): every certificate of the node issued up to a
+    # time, listed or not (controller/ca/revocation.py).  Not under CERTS_REVOKED: no fingerprint.
+    REVOKED_NODES = ROOT + "certs/revoked-nodes/"
     # Subnets an agent announces (e.g. its Kubernetes podCIDRs); merged only for nodes that accept them.
     ANNOUNCED = ROOT + "announced/"
 
@@ -51,6 +54,13 @@ class Keys:
         return Keys.CERTS_REVOKED + fingerprint
 
     @staticmethod
+    def revoked_node(name: str) -> str:
+        return Keys.REVOKED_NODES + name
+
+    @staticmethod
     def is_compile_input(key: str) -> bool:
-        """True for keys a NodeConfig depends on (a change means: recompile)."""
-        return key == Keys.SPEC or key.startswith((Keys.CA, Keys.CERTS_REVOKED, Keys.ANNOUNCED))
+        """True for keys a NodeConfig depends on (a change means: recompile), and node-level
+        revocations, which no NodeConfig contains but every replica must see as soon as they change."""
+        return key == Keys.SPEC or key.startswith(
+            (Keys.CA, Keys.CERTS_REVOKED, Keys.REVOKED_NODES, Keys.ANNOUNCED)
+        )

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -60,8 +62,8 @@ def test_lifetime_counts_from_when_the_agent_got_the_certificate_not_the_backdat
 
 
 def test_jitter_spreads_a_fleet_but_stays_before_expiry() -> None:
-    sched = RenewalSchedule(RenewalPolicy(), random.Random(7))
-    times = {sched.next_attempt(info(3000), T0) for _ in range(50)}
+    rng = random.Random(7)  # one schedule per agent of the fleet
+    times = {RenewalSchedule(RenewalPolicy(), rng).next_attempt(info(3000), T0) for _ in range(50)}
     assert len(times) > 40
     assert all(T0 + 2000 * S <= t < T0 + 3000 * S for t in times)
 
@@ -85,6 +87,126 @@ def test_retries_back_off_with_jitter_and_fit_before_expiry() -> None:
         assert cap / 2 <= d <= cap
     near_expiry = (sched.next_attempt(info(40), T0 + 30 * S, failures=9) - (T0 + 30 * S)).total_seconds()
     assert near_expiry <= 10 / 4
+
+
+def _first_due(
+    sched: RenewalSchedule, cert: CertInfo, start: dt.datetime, step: float, **kw: object
+) -> dt.datetime:
+    """Ask as CertificateRenewer.run does: again after every sleep slice of at most `step` seconds,
+    until the answer is due; the time it became due."""
+    now = start
+    for _ in range(100_000):
+        at = sched.next_attempt(cert, now, **kw)  # type: ignore[arg-type]
+        if at <= now:
+            return now
+        now = min(at, now + step * S)
+    raise AssertionError("never became due")
+
+
+def test_repeated_calls_with_advancing_time_converge_to_one_attempt_time() -> None:
+    for kw in ({"failures": 3}, {"signing_ca": b"B"}, {}):
+        sched = RenewalSchedule(RenewalPolicy(ca_switch_window=dt.timedelta(seconds=60)), random.Random(11))
+        first = sched.next_attempt(info(3000), T0, **kw)  # type: ignore[arg-type]
+        assert first > T0
+        # asked again and again, a little later each time: the same answer, until it is due
+        for dt_s in (0.001, 0.5, 1.0, 1.9):
+            now = T0 + dt_s * S
+            if now < first:
+                assert sched.next_attempt(info(3000), now, **kw) == first  # type: ignore[arg-type]
+        assert sched.next_attempt(info(3000), first, **kw) == first  # type: ignore[arg-type]
+        assert sched.next_attempt(info(3000), first + S, **kw) == first + S  # overdue: now
+        # an attempt was made: the next one gets a time of its own
+        sched.attempted()
+        assert sched.next_attempt(info(3000), first + S, **kw) >= first + S  # type: ignore[arg-type]
+
+
+def test_a_failed_renewal_is_retried_after_its_backoff() -> None:
+    sched = RenewalSchedule(RenewalPolicy(retry_initial=4, retry_max=300), random.Random(5))
+    cert = info(100_000)
+    # polled every 0.5 s (a renewer's sleep slice): the retry comes within the backoff, 2..4 s
+    at = _first_due(sched, cert, T0, 0.5, failures=1)
+    assert T0 + 2 * S <= at <= T0 + 4.5 * S, at
+    # the failure count grows after that attempt fails: the next retry waits 4..8 s more
+    again = _first_due(sched, cert, at, 0.5, failures=2)
+    assert at + 4 * S <= again <= at + 8.5 * S, (at, again)
+
+
+def test_after_a_ca_switch_the_renewal_happens_within_the_window_not_at_expiry() -> None:
+    window = dt.timedelta(seconds=300)
+    for seed in range(20):
+        sched = RenewalSchedule(RenewalPolicy(ca_switch_window=window), random.Random(seed))
+        cert = info(30 * 86400, issuer=b"A")  # a 30-day certificate, 1 day old when B starts signing
+        start = T0 + 86400 * S
+        assert sched.next_attempt(cert, start, signing_ca=b"A") > start + 86400 * S  # A signs: later
+        # B signs now; the renewer asks again after each 30 s slice
+        at = _first_due(sched, cert, start, 30.0, signing_ca=b"B")
+        assert start <= at <= start + window + 30 * S, (seed, at)
+
+
+def test_renewer_retries_a_refused_renewal_on_the_same_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CertificateRenewer.run on a fake clock: the first Renew is refused, the retry after the backoff
+    installs a certificate (fake stub signing with a real CA)."""
+    ca = CertificateAuthority.generate("A")
+    ident = AgentIdentity(tmp_path)
+    key = ident.private_key()
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    first = ca.sign_node_csr(csr, "n1", dt.timedelta(seconds=60))
+    ident.cert_path.write_bytes(first.public_bytes(serialization.Encoding.PEM))
+    ident.ca_path.write_bytes(ca.bundle_pem)
+    now = [dt.datetime.now(dt.UTC)]
+    got = now[0].timestamp() - 200  # obtained 200 s ago: two thirds of its life are gone
+    os.utime(ident.cert_path, (got, got))
+    calls: list[dt.datetime] = []
+
+    class Stub:
+        async def Renew(self, req: agent_pb2.RenewRequest, timeout: float) -> agent_pb2.RenewResponse:
+            calls.append(now[0])
+            if len(calls) == 1:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "busy"
+                )
+            cert = ca.sign_node_csr(req.csr_pem, "n1", dt.timedelta(seconds=60))
+            return agent_pb2.RenewResponse(
+                certificate_pem=cert.public_bytes(serialization.Encoding.PEM), ca_bundle_pem=ca.bundle_pem
+            )
+
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds * S
+        await real_sleep(0)
+
+    renewer = CertificateRenewer(
+        ident,
+        schedule=RenewalSchedule(RenewalPolicy(retry_initial=4), random.Random(2)),
+        clock=lambda: now[0],
+    )
+    renewer.failures = 0
+    monkeypatch.setattr("meshsec.agent.controlplane.renewal.asyncio.sleep", fake_sleep)
+
+    async def body() -> None:
+        task = asyncio.ensure_future(renewer.run(Stub(), max_sleep=0.5))  # type: ignore[arg-type]
+        while renewer.renewals == 0 and now[0] < calls_deadline:
+            await real_sleep(0)
+        task.cancel()
+
+    start = now[0]
+    calls_deadline = now[0] + 120 * S
+    asyncio.run(asyncio.wait_for(body(), 20))
+    assert len(calls) == 2 and renewer.renewals == 1, calls
+    assert calls[0] - start < S  # due at once
+    assert 2 * S <= calls[1] - calls[0] <= 4.5 * S  # retried after the backoff (2..4 s), not never
+    assert renewer.failures == 0
 
 
 def test_signing_ca_is_the_first_of_the_bundle() -> None:
