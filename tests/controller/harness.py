@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from meshsec.agent.controlplane import (
@@ -23,6 +25,9 @@ from meshsec.agent.controlplane import (
 )
 from meshsec.api.v1 import admin_pb2, admin_pb2_grpc
 from meshsec.controller.api.server import Controller, ControllerConfig
+
+if TYPE_CHECKING:
+    from tests.support.netns import Namespace
 
 SERVER_NAME = "meshsec-controller"
 
@@ -243,3 +248,39 @@ def agent_proc(
         "--reconciler", "record",  # control plane only: no TUN or 500/4500 in the root namespace
     ]  # fmt: skip
     return Proc(args, agent_dir / log_name, env)
+
+
+def runtime_agent_in(
+    ns: Namespace,
+    node: str,
+    state_dir: Path,
+    work: Path,
+    address: str,
+    *,
+    tun: str,
+    extra: Sequence[str] = (),
+) -> Path:
+    """Start a real meshsec-agent with the IKE/ESP runtime inside `ns`, enrolling with a fresh token over
+    replica r1's unix sockets in `state_dir`; returns its log path (the process ends with the namespace)."""
+    import asyncio
+
+    tok = asyncio.run(asyncio.wait_for(token(address, state_dir, node), 15))
+    d = work / node
+    d.mkdir()
+    env = {
+        "MESHSEC_TOKEN": tok.token,
+        "MESHSEC_CA_HASH": tok.ca_cert_sha256,
+        "MESHSEC_ENROLL_ADDRESS": f"unix://{state_dir}/r1-enroll.sock",
+    }
+    args = [
+        sys.executable, "-m", "meshsec.agent.main",
+        "--controller", f"unix://{state_dir}/r1.sock",
+        "--node", node,
+        "--state-dir", str(d),
+        "--report-interval", "1",
+        "--tun-name", tun,
+        *extra,
+    ]  # fmt: skip
+    log = (d / "agent.log").open("w")
+    ns.popen(["env", *(f"{k}={v}" for k, v in env.items()), *args], stdout=log, stderr=log, cwd=os.getcwd())
+    return d / "agent.log"

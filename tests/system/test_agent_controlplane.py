@@ -11,8 +11,6 @@ subnets; removing a node from the mesh makes its peer DELETE the SA and drop the
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,27 +40,7 @@ def lab() -> Iterator[tuple[Topology, Path, EtcdCluster]]:
 
 
 def _agent(ns: Namespace, node: str, state: Path, work: Path, address: str) -> Path:
-    tok = _run(h.token(address, state, node))
-    d = work / node
-    d.mkdir()
-    env = {
-        "MESHSEC_TOKEN": tok.token,
-        "MESHSEC_CA_HASH": tok.ca_cert_sha256,
-        "MESHSEC_ENROLL_ADDRESS": f"unix://{state}/r1-enroll.sock",
-        "MESHSEC_AGENT_STATE_DIR": str(d),
-        "MESHSEC_TUN": "mscp0",
-    }
-    args = [
-        sys.executable, "-m", "meshsec.agent.main",
-        "--controller", f"unix://{state}/r1.sock",
-        "--node", node,
-        "--state-dir", str(d),
-        "--reconciler", "meshsec.agent.runtime.host:reconciler",
-        "--report-interval", "1",
-    ]  # fmt: skip
-    log = (d / "agent.log").open("w")
-    ns.popen(["env", *(f"{k}={v}" for k, v in env.items()), *args], stdout=log, stderr=log, cwd=os.getcwd())
-    return d / "agent.log"
+    return h.runtime_agent_in(ns, node, state, work, address, tun="mscp0")
 
 
 def test_controller_to_runtime_certificate_tunnel(lab: tuple[Topology, Path, EtcdCluster]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,32 +45,18 @@ def lab() -> Iterator[tuple[Topology, Path, EtcdCluster]]:
 
 
 def _agent(ns: Namespace, node: str, ip: str, state: Path, work: Path, address: str) -> Path:
-    tok = _run(h.token(address, state, node))
-    d = work / node
-    d.mkdir()
+    d = work / "devices" / node
+    d.mkdir(parents=True)
     tun_device = d / "tun"  # a clone device somewhere else than /dev/net/tun, as a pod may mount it
     os.mknod(tun_device, 0o600 | 0o020000, os.makedev(10, 200))
-    env = {
-        "MESHSEC_TOKEN": tok.token,
-        "MESHSEC_CA_HASH": tok.ca_cert_sha256,
-        "MESHSEC_ENROLL_ADDRESS": f"unix://{state}/r1-enroll.sock",
-    }
-    args = [
-        sys.executable, "-m", "meshsec.agent.main",
-        "--controller", f"unix://{state}/r1.sock",
-        "--node", node,
-        "--state-dir", str(d),
-        "--report-interval", "1",
+    extra = [
         "--metrics-listen", "",
         "--tun-device", str(tun_device),
-        "--tun-name", TUN,
         "--ike-port", str(IKE),
         "--natt-port", str(NATT),
         "--node-ip", ip,
     ]  # fmt: skip
-    log = (d / "agent.log").open("w")
-    ns.popen(["env", *(f"{k}={v}" for k, v in env.items()), *args], stdout=log, stderr=log, cwd=os.getcwd())
-    return d / "agent.log"
+    return h.runtime_agent_in(ns, node, state, work, address, tun=TUN, extra=extra)
 
 
 def _udp_in(ns: Namespace) -> tuple[int, int]:

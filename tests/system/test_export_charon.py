@@ -109,27 +109,7 @@ def _meshctl(state: Path, *args: str, check: bool = True) -> subprocess.Complete
 
 
 def _agent(ns: Namespace, node: str, state: Path, work: Path, address: str) -> Path:
-    tok = _run(h.token(address, state, node))
-    d = work / node
-    d.mkdir()
-    env = {
-        "MESHSEC_TOKEN": tok.token,
-        "MESHSEC_CA_HASH": tok.ca_cert_sha256,
-        "MESHSEC_ENROLL_ADDRESS": f"unix://{state}/r1-enroll.sock",
-        "MESHSEC_AGENT_STATE_DIR": str(d),
-        "MESHSEC_TUN": "msex0",
-    }
-    args = [
-        sys.executable, "-m", "meshsec.agent.main",
-        "--controller", f"unix://{state}/r1.sock",
-        "--node", node,
-        "--state-dir", str(d),
-        "--reconciler", "meshsec.agent.runtime.host:reconciler",
-        "--report-interval", "1",
-    ]  # fmt: skip
-    log = (d / "agent.log").open("w")
-    ns.popen(["env", *(f"{k}={v}" for k, v in env.items()), *args], stdout=log, stderr=log, cwd=os.getcwd())
-    return d / "agent.log"
+    return h.runtime_agent_in(ns, node, state, work, address, tun="msex0")
 
 
 def _ping(ns: Namespace, dst: str) -> None:
