@@ -342,11 +342,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request_iterator: AsyncIterator[agent_pb2.ReportRequest], context: grpc.aio.ServicerContext
     ) -> agent_pb2.ReportResponse:
         ident = await require_node(context, None, self._state.is_revoked)
+        not_before = peer_not_before(context)
         key = Keys.status(ident.name)
         self._lease.enter(key)
         last_announced: list[str] = []
         try:
             async for req in request_iterator:
+                if caller_revoked(ident, not_before, self._state.is_revoked):  # revoked mid-stream
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED, f"certificate of {ident.name} was revoked"
+                    )
                 status = req.status
                 if status.node and status.node != ident.name:
                     log.warning("node %r tried to report as %r: refused", ident.name, status.node)

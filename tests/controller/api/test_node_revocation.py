@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from meshsec.agent.controlplane import AgentIdentity
-from meshsec.api.v1 import agent_pb2, agent_pb2_grpc
+from meshsec.api.v1 import agent_pb2, agent_pb2_grpc, status_pb2
 from meshsec.controller.ca import CertificateAuthority, Sealer, fingerprint, load_ca, load_kek
 from meshsec.controller.ca.revocation import revoke_node
 from meshsec.controller.store import Keys, Store
@@ -206,5 +206,36 @@ def test_reenrollment_with_a_new_token_after_a_revoke_works(etcd: EtcdCluster, t
                 await _revoke(c, store, "n1")
                 async with h.node_channel(c.address, again) as ch:
                     await _refused(_first_sync(agent_pb2_grpc.AgentServiceStub(ch), "n1"))
+
+    asyncio.run(asyncio.wait_for(body(), 60))
+
+
+def test_open_report_stream_is_cut_after_the_revoke(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """A Report stream opened before the revoke takes no status from the node afterwards."""
+
+    async def body() -> None:
+        state = tmp_path / "ctl"
+        await h.init_state(state, etcd.endpoints)
+        async with h.replica(state, etcd.endpoints) as c, Store(etcd.endpoints) as store:
+            await h.apply(c.address, state, h.mesh_yaml(NODES))
+            n1 = await h.enrolled(c, state, tmp_path / "n1", "n1")
+            async with h.node_channel(c.address, n1) as ch:
+                call = agent_pb2_grpc.AgentServiceStub(ch).Report()
+                await call.write(agent_pb2.ReportRequest(status=status_pb2.NodeStatus(applied_version=1)))
+                stored = None
+                for _ in range(100):  # the first report lands
+                    stored = await store.get(Keys.status("n1"))
+                    if stored is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                assert stored is not None
+                await _revoke(c, store, "n1")
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call.write(agent_pb2.ReportRequest(status=status_pb2.NodeStatus(applied_version=2)))
+                    await call.done_writing()
+                    await call
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                after = await store.get(Keys.status("n1"))
+                assert after is None or status_pb2.NodeStatus.FromString(after.value).applied_version == 1
 
     asyncio.run(asyncio.wait_for(body(), 60))
