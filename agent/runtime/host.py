@@ -323,22 +323,31 @@ class AgentRuntime:
         self._ike.sync(s.ike)
 
     def _after_io(self) -> None:
-        """Flush datagrams, handle events, re-arm the one timer, schedule a reconcile pass."""
+        """Handle events, flush datagrams, then the outbound switches that waited for them; re-arm
+        the one timer, schedule a reconcile pass.
+
+        Events first: a new inbound SA must be in the data plane before the IKE message that lets
+        the peer use it leaves (a CREATE_CHILD_SA or IKE_AUTH response, the DELETE of the SA a rekey
+        replaced).  Outbound switches of new SAs wait for the flush (sas.py): the peer cannot hold
+        an SA before our response reached it.
+        """
         ike = self._ike
         if ike is None or self._dp is None:
             return
         now = self.clock()
-        for raw, dst, lport in ike.datagrams_to_send(now):
-            try:
-                self._dp.send_ike(raw, dst, nat_t=lport == NATT_PORT)
-            except OSError as exc:
-                log.debug("IKE send to %s failed: %s", dst, exc)
         while (item := ike.next_event()) is not None:
             session, event = item
             try:
                 self._on_event(session, event, now)
             except Exception:  # an install bug must not stop the agent; it shows in last_error
                 log.exception("handling %s failed", type(event).__name__)
+        for raw, dst, lport in ike.datagrams_to_send(now):
+            try:
+                self._dp.send_ike(raw, dst, nat_t=lport == NATT_PORT)
+            except OSError as exc:
+                log.debug("IKE send to %s failed: %s", dst, exc)
+        if self._sas is not None:
+            self._sas.flushed()
         self._arm_timer(now)
         if not self._reconcile_soon and self._loop is not None and not self._closing:
             self._reconcile_soon = True
@@ -730,7 +739,7 @@ class AgentRuntime:
             who = f"; peer certificate serial 0x{cert.serial_number:x}" if cert is not None else ""
             log.info("peer %s: IKE SA established (%s%s)", s.peer, event.proposal, who)
         elif isinstance(event, ev.ChildSaEstablished):
-            self._install(s, event, ps)
+            self._install(s, event, ps, now)
         elif isinstance(event, ev.ChildSaRekeyed):
             self._rekeyed(s, event, ps)
         elif isinstance(event, ev.ChildSaDeleted):
@@ -748,8 +757,13 @@ class AgentRuntime:
             self._peer_error(s.peer, "peer dead: liveness checks unanswered")
             self._count_failure("PEER_DEAD")
         elif isinstance(event, ev.IkeSaFailed | ev.IkeSaDeleted):
-            # deleted by our own choice, or superseded by the peer's new SA: no error, no back-off
-            ours = "deleted locally" in event.reason or event.reason.startswith("replaced")
+            # deleted by our own choice, or superseded by the peer's new SA, or the peer retiring an SA
+            # that another established one with it already replaced: no error, no back-off
+            superseded = isinstance(event, ev.IkeSaDeleted) and any(
+                x is not s and x.peer == s.peer and not x.dead and x.ike.state == "established"
+                for x in self._sessions.values()
+            )
+            ours = superseded or "deleted locally" in event.reason or event.reason.startswith("replaced")
             if not ours:
                 self._peer_error(s.peer, event.reason)
                 if isinstance(event, ev.IkeSaFailed):
@@ -780,11 +794,16 @@ class AgentRuntime:
             name = s.pending_creates.popleft()
         return name or f"child-{e.spi_in:08x}"
 
-    def _install(self, s: Session, e: ev.ChildSaEstablished, ps: PeerState) -> None:
+    def _install(self, s: Session, e: ev.ChildSaEstablished, ps: PeerState, now: float) -> None:
         assert self._sas is not None
+        requested = set(s.pending_creates)
         name = self._child_name(s, e)
         s.child_retry.pop(name, None)
-        child = self._sas.install(s, e, name, ps, self._local_addr(e.peer[0]), self._esp_lifetime(s, name))
+        # we sent the request that made it (so the peer holds it): our CREATE_CHILD_SA, or the
+        # IKE_AUTH of an SA we initiated (its IkeSaEstablished came in this same batch)
+        initiated = name in requested or (s.initiator and s.established_at == now)
+        lifetime = self._esp_lifetime(s, name)
+        child = self._sas.install(s, e, name, ps, self._local_addr(e.peer[0]), lifetime, initiated=initiated)
         log.info(
             "peer %s: child %s installed (in %08x, out %08x, %s)",
             s.peer,

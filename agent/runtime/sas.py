@@ -1,10 +1,19 @@
 """Child SA bookkeeping between the IKE engine's events and the ESP data plane.
 
-Owns the records of IKE sessions and their Child SAs as the host sees them, and the install rules:
-inbound first, then outbound (so the peer's first packets never meet a missing SA); make-before-break
-on rekey (the new inbound SA at once, the outbound switch when the old SA is deleted or `switch_timeout`
-later, the old inbound SA kept `rekey_grace` seconds for packets in flight); one outbound SA per
-configured child (`peer/child`), handed to a duplicate IKE SA's copy when its owner goes.
+Owns the records of IKE sessions and their Child SAs as the host sees them, and the install rules,
+which are strongSwan's: a new inbound SA goes in at once, before the IKE message that lets the peer use
+it leaves (the host handles events before it flushes datagrams); our outbound traffic moves to a new SA
+only once the peer holds it:
+- a brand-new child (nothing sends for it yet): right after the host flushed the exchange's datagrams
+  (`flushed`), so a responder's first packet never overtakes its own response;
+- a child whose traffic another IKE SA's copy carries now (a new IKE SA replacing an old one after
+  re-authentication or a config change, or a duplicate): right after the flush if we initiated the
+  exchange (its response proves the peer installed it), else when the first packet arrives on it, when
+  the copy it replaces is deleted, or `switch_timeout` later;
+- a rekeyed child: when the old SA is deleted, the first packet arrives on the new one, or
+  `switch_timeout` later.
+The old inbound SA is kept `rekey_grace` seconds for packets in flight; one outbound SA per configured
+child (`peer/child`), handed to a duplicate IKE SA's copy when its owner goes.
 Must not talk IKE or decide what should exist (that is plan.py); it only mirrors what the engine
 negotiated into the data plane.
 """
@@ -63,6 +72,7 @@ class Child:
     outbound: OutboundSa | None = None
     state: str = "installed"  # installed | rekeying (replaced, outbound still on it) | retiring
     seen_packets: int = 0
+    switch_pending: bool = False  # outbound waits until the peer shows it holds this SA
 
 
 @dataclass
@@ -156,6 +166,7 @@ class SaInstaller:
         self.switch_timeout = switch_timeout
         self.closing = False  # remove inbound SAs at once instead of after the grace
         self.out_owner: dict[str, tuple[int, int]] = {}  # sa_id -> (sid, spi_out) installed
+        self._after_send: list[tuple[Session, Child]] = []  # outbound switches due after the next flush
 
     # ------------------------------------------------------------------ endpoints
     def esp_endpoint(self, s: Session) -> tuple[str, int]:
@@ -185,14 +196,18 @@ class SaInstaller:
         ps: PeerState,
         local_ip: str,
         lifetime: Lifetime,
+        *,
+        initiated: bool = False,
     ) -> Child:
+        """Install the inbound SA now; the outbound switch follows the rules in the module docstring.
+        `initiated`: we sent the request of the exchange that made it (we hold its response)."""
         child = self._child(s, e, name, local_ip, lifetime)
         ep = self.esp_endpoint(s)
         self.dp.set_peer(s.peer, ep, self.link_mtu)
         ps.endpoint = ep
         child.inbound = self.dp.add_inbound_sa(mapping.sa_params(e, local_ip=local_ip, lifetime=lifetime)[0])
-        self.switch_out(s, child)
         s.children[e.spi_in] = child
+        self._claim(s, child, initiated=initiated)
         return child
 
     def rekeyed(
@@ -205,7 +220,9 @@ class SaInstaller:
         )
         s.children[e.new.spi_in] = child
         if old is None or self.out_owner.get(old.sa_id) != (s.sid, old.spi_out):
-            self.switch_out(s, child)
+            if old is not None:  # if it still waited for its switch, its successor waits instead
+                old.switch_pending = False
+            self._claim(s, child, initiated=False)
             return child
         old.state = "rekeying"
         s.switches[old.spi_in] = child
@@ -213,9 +230,38 @@ class SaInstaller:
         return child
 
     def switch_out(self, s: Session, child: Child) -> None:
-        """Point the child's outbound traffic at this SA (an atomic replace of the previous one)."""
+        """Point the child's outbound traffic at this SA (an atomic replace of the previous one).
+        Never twice for one SA: a second add would restart its sequence numbers (replay drops)."""
+        child.switch_pending = False
+        if child.outbound is not None and self.out_owner.get(child.sa_id) == (s.sid, child.spi_out):
+            return
         child.outbound = self.dp.add_outbound_sa(child.sa_id, child.out_params, child.out_selectors, s.peer)
         self.out_owner[child.sa_id] = (s.sid, child.spi_out)
+
+    def flushed(self) -> None:
+        """The host sent the datagrams of the exchanges just handled: the switches that waited for
+        them (see `_claim`) happen now."""
+        todo, self._after_send = self._after_send, []
+        for s, child in todo:
+            if not s.dead and s.children.get(child.spi_in) is child:
+                self.switch_out(s, child)
+
+    def _claim(self, s: Session, child: Child, *, initiated: bool) -> None:
+        """Schedule the outbound switch to a new (not rekeyed) child.  Nothing else sending for it,
+        or our request's response in hand: right after the flush.  Else the SA it would take the
+        traffic from keeps it until the peer shows it has the new one (first packet, the old SA's
+        deletion through `_heir`) or `switch_timeout` passes."""
+        owner = self.out_owner.get(child.sa_id)
+        if owner is None or initiated:
+            self._after_send.append((s, child))
+            return
+        child.switch_pending = True
+        self.loop.call_later(self.switch_timeout, self._pending_due, s, child)
+
+    def _pending_due(self, s: Session, child: Child) -> None:
+        live = not s.dead and s.ike.state == "established" and s.children.get(child.spi_in) is child
+        if child.switch_pending and live:
+            self.switch_out(s, child)
 
     def switch_due(self, s: Session, old_spi_in: int) -> None:
         new = s.switches.pop(old_spi_in, None)
@@ -251,6 +297,9 @@ class SaInstaller:
         for old_spi, new in list(s.switches.items()):
             if new.inbound is not None and new.inbound.counters.packets_in:
                 self.switch_due(s, old_spi)
+        for c in list(s.children.values()):
+            if c.switch_pending and c.inbound is not None and c.inbound.counters.packets_in:
+                self.switch_out(s, c)
 
     @staticmethod
     def expiring(s: Session, now: float) -> tuple[list[int], list[int]]:
