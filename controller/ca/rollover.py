@@ -229,12 +229,14 @@ class RolloverStore:
         self.policy = policy
 
     async def read(self) -> Snapshot:
-        cert_kv = await self._store.get(Keys.CA_CERT)
+        """The four keys at ONE etcd revision: a step between two reads must not pair the new phase
+        with the old bundle."""
+        rev = await self._store.revision()
+        cert_kv, state_kv, next_kv, key_kv = await asyncio.gather(
+            *(self._store.get(k, revision=rev) for k in (Keys.CA_CERT, CA_ROLLOVER, CA_NEXT_KEY, Keys.CA_KEY))
+        )
         if cert_kv is None:
             raise RolloverError("etcd holds no CA; run `meshsec-controller init` first")
-        state_kv = await self._store.get(CA_ROLLOVER)
-        next_kv = await self._store.get(CA_NEXT_KEY)
-        key_kv = await self._store.get(Keys.CA_KEY)
         return Snapshot(
             x509.load_pem_x509_certificates(cert_kv.value),
             cert_kv.mod_revision,
