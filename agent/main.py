@@ -168,18 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _metrics_listen(flag: str | None) -> tuple[str, bool]:
-    """The metrics address and whether the operator chose it (then failing to bind it is fatal)."""
-    from meshsec.controller.observability.http import ListenError, parse_listen
+    from meshsec.controller.observability.http import choose_listen
 
-    for value in (flag, os.environ.get("MESHSEC_METRICS_LISTEN"), os.environ.get("MESHSEC_HEALTH_LISTEN")):
-        if value is not None:
-            if value.strip():
-                try:
-                    parse_listen(value)
-                except ListenError as exc:
-                    raise ValueError(f"--metrics-listen: {exc}") from None
-            return value.strip(), True
-    return DEFAULT_METRICS_LISTEN, False
+    return choose_listen(flag, DEFAULT_METRICS_LISTEN)  # ListenError is a ValueError
 
 
 def bootstrap_token(args: argparse.Namespace) -> str:

@@ -32,18 +32,12 @@ DEFAULT_METRICS_LISTEN = "127.0.0.1:9450"
 
 
 def _metrics_listen(flag: str | None) -> tuple[str, bool]:
-    """The metrics address and whether the operator chose it (then failing to bind it is fatal)."""
-    from meshsec.controller.observability.http import ListenError, parse_listen
+    from meshsec.controller.observability.http import ListenError, choose_listen
 
-    for value in (flag, os.environ.get("MESHSEC_METRICS_LISTEN"), os.environ.get("MESHSEC_HEALTH_LISTEN")):
-        if value is not None:
-            if value.strip():
-                try:
-                    parse_listen(value)
-                except ListenError as exc:
-                    raise RuntimeError(f"--metrics-listen: {exc}") from None
-            return value.strip(), True
-    return DEFAULT_METRICS_LISTEN, False
+    try:
+        return choose_listen(flag, DEFAULT_METRICS_LISTEN)
+    except ListenError as exc:
+        raise RuntimeError(str(exc)) from None  # main() turns it into one line
 
 
 def _endpoints(text: str) -> list[str]:

@@ -13,6 +13,7 @@ or kubelet probes on a pod IP) is the operator's choice and exposes these three 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,21 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise ListenError(f"bad listen address {text!r}: expected host:port, e.g. 127.0.0.1:9450")
     host = host.removeprefix("[").removesuffix("]")
     return host or "0.0.0.0", int(port)
+
+
+def choose_listen(flag: str | None, default: str) -> tuple[str, bool]:
+    """--metrics-listen, else MESHSEC_METRICS_LISTEN, else MESHSEC_HEALTH_LISTEN, else `default`;
+    with whether the operator chose it (then failing to bind it is fatal).  "" disables the endpoint.
+    ListenError names the flag."""
+    for value in (flag, os.environ.get("MESHSEC_METRICS_LISTEN"), os.environ.get("MESHSEC_HEALTH_LISTEN")):
+        if value is not None:
+            if value.strip():
+                try:
+                    parse_listen(value)
+                except ListenError as exc:
+                    raise ListenError(f"--metrics-listen: {exc}") from None
+            return value.strip(), True
+    return default, False
 
 
 class Heartbeat:
